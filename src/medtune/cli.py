@@ -1,0 +1,92 @@
+"""`medtune …`: one command line over the Python API. Errors print as one clear message."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _train(args) -> None:
+    from medtune.pipeline import run
+    from medtune.recipe import load_recipe
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        recipe_path = args.recipe or run_dir / "recipe.yaml"
+    elif args.recipe:
+        run_dir, recipe_path = args.run_dir, args.recipe
+    else:
+        raise SystemExit("medtune train: give a RECIPE, or --resume RUN_DIR")
+    recipe = load_recipe(recipe_path, args.set)
+    print(run(recipe, run_dir=run_dir, resume=bool(args.resume)))
+
+
+def _predict(args) -> None:
+    from medtune.predict import Predictor
+
+    questions = args.question or [line.strip() for line in sys.stdin if line.strip()]
+    gen = {k: v for k, v in {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
+                            "no_repeat_ngram_size": args.no_repeat_ngram_size,
+                            "repetition_penalty": args.repetition_penalty}.items() if v is not None}
+    answers = Predictor.from_pretrained(args.run_dir).predict(questions, batch_size=args.batch_size, **gen)
+    if args.json:
+        print(json.dumps([{"question": q, "answer": a} for q, a in zip(questions, answers)], ensure_ascii=False, indent=2))
+    else:
+        for a in answers:
+            print(a)
+
+
+def _data_stats(args) -> None:
+    from medtune.data import data_stats
+
+    print(json.dumps(data_stats(args.path, loader=args.loader), indent=2, ensure_ascii=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medtune", description="Build, evaluate and serve medical QA models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="run a recipe: train, evaluate, write the report; prints the run directory")
+    t.add_argument("recipe", nargs="?", help="recipe YAML (optional with --resume)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field, e.g. train.learning_rate=3e-4")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its latest checkpoint")
+    t.add_argument("--run-dir", type=Path, help="write the run here instead of output_dir/<name>-<time>")
+    t.set_defaults(func=_train)
+
+    pr = sub.add_parser("predict", help="answer questions with a trained run or a model")
+    pr.add_argument("run_dir", help="run directory, model directory or hub id")
+    pr.add_argument("question", nargs="*", help="questions (default: one per line on stdin)")
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--max-new-tokens", type=int)
+    pr.add_argument("--num-beams", type=int)
+    pr.add_argument("--no-repeat-ngram-size", type=int)
+    pr.add_argument("--repetition-penalty", type=float)
+    pr.add_argument("--json", action="store_true", help="print question/answer pairs as JSON")
+    pr.set_defaults(func=_predict)
+
+    d = sub.add_parser("data", help="inspect datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    st = dsub.add_parser("stats", help="counts per collection, question type and split, as JSON")
+    st.add_argument("path")
+    st.add_argument("--loader", help="loader name (default: inferred from the path)")
+    st.set_defaults(func=_data_stats)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    from medtune.data.report import DataError
+    from medtune.models import ModelNotAvailable
+    from medtune.recipe import RecipeError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (RecipeError, DataError, ModelNotAvailable) as exc:
+        print(f"medtune {args.command}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

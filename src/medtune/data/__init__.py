@@ -1,0 +1,26 @@
+"""Data layer: loaders into `QARecord`s, deduplication, grouped splits, mixing and statistics."""
+
+# Importing the loader modules registers them.
+from medtune.data import medquad, tabular  # noqa: F401
+from medtune.data.loaders import LOADERS, infer_loader, load_source, register_loader
+from medtune.data.prepare import PreparedData, prepare_data
+from medtune.data.report import DataError, LoadReport
+from medtune.data.split import focus_overlap, group_key, normalize, split_indices, unique_indices
+from medtune.data.stats import data_stats
+
+__all__ = [
+    "LOADERS",
+    "DataError",
+    "LoadReport",
+    "PreparedData",
+    "data_stats",
+    "focus_overlap",
+    "group_key",
+    "infer_loader",
+    "load_source",
+    "normalize",
+    "prepare_data",
+    "register_loader",
+    "split_indices",
+    "unique_indices",
+]

@@ -1,0 +1,26 @@
+"""Generation evaluation: answer held-out questions and score them against the references."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import datasets
+
+from medtune.eval.metrics import text_metrics
+from medtune.predict import Predictor
+from medtune.recipe import EvalConfig
+
+
+def evaluate_generation(predictor: Predictor, ds: datasets.Dataset, cfg: EvalConfig, *, split: str, n_samples_shown: int = 5) -> dict:
+    if cfg.max_samples is not None and len(ds) > cfg.max_samples:
+        ds = ds.select(range(cfg.max_samples))  # splits are already shuffled; the first N are a random sample
+    if len(ds) == 0:
+        return {"split": split, "n": 0, "metrics": {}, "samples": [], "note": "no examples to evaluate"}
+    language = Counter(ds["language"]).most_common(1)[0][0]
+    predictions = predictor.predict(ds["question"], batch_size=cfg.batch_size, progress=True, **cfg.generation.model_dump())
+    metrics = text_metrics(predictions, ds["answer"], metrics=cfg.metrics, language=language)
+    rows = [
+        {"id": i, "question": q, "reference": r, "prediction": p}
+        for i, q, r, p in zip(ds["id"], ds["question"], ds["answer"], predictions)
+    ]
+    return {"split": split, "n": len(ds), "language": language, "metrics": metrics, "samples": rows[:n_samples_shown], "predictions": rows}

@@ -1,0 +1,191 @@
+"""The one recipe schema: a YAML file, validated before any model or data is loaded.
+
+A recipe says which model to start from, which data to read and how to prompt it, how to
+train, how to evaluate, where to write the run and where to log it. Every field can be
+overridden from the command line with `--set dotted.key=value`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names the file, the field and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name_or_path: str = Field(description="Hub id (e.g. google/flan-t5-base) or local directory")
+    kind: Literal["auto", "seq2seq", "causal"] = "auto"
+    revision: str | None = None
+
+
+class SourceConfig(_Strict):
+    loader: str = Field(description="Loader name: medquad, csv, json, jsonl")
+    path: str
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="record field -> column in the file, e.g. {question: Prompt}"
+    )
+    weight: float = Field(1.0, gt=0)
+    language: str = "en"
+    on_bad_row: Literal["error", "skip"] = "error"
+
+
+class SplitConfig(_Strict):
+    validation: float = Field(0.05, ge=0, lt=1)
+    test: float = Field(0.05, ge=0, lt=1)
+    group_by: Literal["focus", "none"] = "focus"
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        if self.validation + self.test >= 1:
+            raise ValueError("validation + test must be below 1")
+        return self
+
+
+class DataConfig(_Strict):
+    sources: list[SourceConfig] = Field(min_length=1)
+    split: SplitConfig = SplitConfig()
+    dedup: bool = True
+    max_examples: int | None = Field(None, gt=0, description="Cap on training examples after splitting")
+    max_eval_examples: int | None = Field(None, gt=0, description="Cap on validation/test examples")
+
+
+class PromptConfig(_Strict):
+    template: str = "{question}"
+    system: str | None = None
+
+    @field_validator("template")
+    @classmethod
+    def _has_question(cls, v: str) -> str:
+        if "{question}" not in v:
+            raise ValueError("must contain the placeholder {question}")
+        return v
+
+
+class TrainConfig(_Strict):
+    epochs: float = Field(3, gt=0)
+    max_steps: int = Field(-1, description="Overrides epochs when > 0")
+    learning_rate: float = Field(3e-4, gt=0)
+    batch_size: int = Field(8, gt=0)
+    eval_batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_scheduler: str = "linear"
+    max_source_length: int = Field(512, gt=0)
+    max_target_length: int = Field(512, gt=0)
+    group_by_length: bool = Field(True, description="Batch examples of similar length to cut padding")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    logging_steps: int = Field(10, gt=0)
+    save_steps: int = Field(500, gt=0)
+    save_total_limit: int | None = 2
+    eval_steps: int | None = Field(None, gt=0, description="Validation loss every N steps (default: each epoch)")
+    seed: int = 42
+    num_workers: int = Field(0, ge=0)
+
+
+class GenerationConfig(_Strict):
+    max_new_tokens: int = Field(256, gt=0)
+    num_beams: int = Field(1, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    repetition_penalty: float = Field(1.0, gt=0)
+
+
+class EvalConfig(_Strict):
+    metrics: list[Literal["rouge", "bleu", "chrf"]] = ["rouge", "bleu", "chrf"]
+    split: Literal["validation", "test"] = "test"
+    max_samples: int | None = Field(200, gt=0, description="Generate for at most this many examples")
+    batch_size: int = Field(8, gt=0)
+    generation: GenerationConfig = GenerationConfig()
+
+
+class TrackingConfig(_Strict):
+    backend: Literal["tensorboard", "wandb", "mlflow", "none"] = "tensorboard"
+    project: str = "medtune"
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model: ModelConfig
+    data: DataConfig
+    prompt: PromptConfig = PromptConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    output_dir: str = "runs"
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v: Any) -> Any:
+        # `model: google/flan-t5-base` and `--set model=./tiny` name the weights only.
+        return {"name_or_path": v} if isinstance(v, str) else v
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid recipe ({err.error_count()} problem(s))"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see recipes/ for examples)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"  {where}: {msg} (got {e.get('input')!r})" if e["type"] != "missing" else f"  {where}: {msg}")
+    return "\n".join(lines)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` overrides; values are parsed as YAML (numbers, lists, null)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"--set {item!r}: expected dotted.key=value")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+    return data
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
+    return recipe_from_dict(apply_overrides(data, overrides or []), origin=str(path))
+
+
+def recipe_from_dict(data: dict[str, Any], origin: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(_format_errors(err, origin)) from None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,60 @@
+"""Shared fixtures: a small QA file in the real JSONL shape and a tiny random T5 that reads it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+DISEASES = ["asthma", "gout", "anemia", "psoriasis", "migraine", "glaucoma", "measles", "rickets", "scurvy", "lupus"]
+QTYPES = {
+    "symptoms": ("What are the symptoms of {d} ?", "The symptoms of {d} include pain , fatigue and fever ."),
+    "treatment": ("How to treat {d} ?", "Treatment of {d} includes rest , medicines and follow-up visits ."),
+    "causes": ("What causes {d} ?", "{d} is caused by genetic and environmental factors ."),
+    "information": ("What is (are) {d} ?", "{d} is a chronic condition that affects many people ."),
+}
+
+
+def qa_rows() -> list[dict]:
+    return [
+        {"id": f"{d}-{q}", "question": qa[0].format(d=d), "answer": qa[1].format(d=d), "focus": d, "qtype": q, "url": f"https://example.org/{d}"}
+        for d in DISEASES
+        for q, qa in QTYPES.items()
+    ]
+
+
+@pytest.fixture(scope="session")
+def qa_jsonl(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in qa_rows()))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    from medtune.testing import make_t5
+
+    texts = [t for r in qa_rows() for t in (r["question"], r["answer"])]
+    return make_t5(tmp_path_factory.mktemp("models") / "tiny-t5", texts * 5, vocab_size=300)
+
+
+@pytest.fixture
+def recipe_dict(qa_jsonl, tiny_t5, tmp_path) -> dict:
+    """A complete seq2seq recipe over the fixtures, small enough to train in seconds."""
+    return {
+        "name": "tiny",
+        "model": str(tiny_t5),
+        "data": {
+            "sources": [{"loader": "jsonl", "path": str(qa_jsonl), "language": "en"}],
+            "split": {"validation": 0.2, "test": 0.2, "seed": 0},
+        },
+        "prompt": {"template": "Please answer this question: {question}"},
+        "train": {"epochs": 1, "max_steps": 6, "learning_rate": 3e-3, "batch_size": 4, "eval_batch_size": 4,
+                  "logging_steps": 1, "save_steps": 3, "max_source_length": 32, "max_target_length": 32},
+        "eval": {"max_samples": 8, "batch_size": 4, "generation": {"max_new_tokens": 8}},
+        "tracking": {"backend": "none"},
+        "output_dir": str(tmp_path / "runs"),
+    }

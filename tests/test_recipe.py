@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medtune.recipe import RecipeError, apply_overrides, load_recipe, recipe_from_dict
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate(path):
+    assert load_recipe(path).name == path.stem
+
+
+def test_seed003_recipe_matches_the_tutorial():
+    r = load_recipe(RECIPES / "seed003-flan-t5-medquad.yaml")
+    assert r.model.name_or_path == "google/flan-t5-base"
+    assert r.prompt.template == "Please answer this question: {question}"
+    t = r.train
+    assert (t.learning_rate, t.batch_size, t.eval_batch_size, t.weight_decay, t.epochs) == (3e-4, 8, 4, 0.01, 3)
+    assert (t.max_source_length, t.max_target_length) == (128, 512)
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text((RECIPES / "seed003-flan-t5-medquad.yaml").read_text())
+    r = load_recipe(path, ["train.learning_rate=1e-5", "train.max_steps=7", "model=/some/dir", "eval.metrics=[rouge]"])
+    assert r.train.learning_rate == 1e-5 and r.train.max_steps == 7
+    assert r.model.name_or_path == "/some/dir" and r.model.kind == "auto"
+    assert r.eval.metrics == ["rouge"]
+
+
+def test_errors_name_the_field_and_allowed_values(recipe_dict):
+    recipe_dict["model"] = {"name_or_path": "x", "kind": "bert"}
+    recipe_dict["train"]["learning_rate"] = "fast"
+    recipe_dict["train"]["lr"] = 1
+    with pytest.raises(RecipeError) as exc:
+        recipe_from_dict(recipe_dict, origin="my.yaml")
+    msg = str(exc.value)
+    assert msg.startswith("my.yaml: invalid recipe (3 problem(s))")
+    assert "model.kind: Input should be 'auto', 'seq2seq' or 'causal'" in msg
+    assert "train.learning_rate:" in msg and "'fast'" in msg
+    assert "train.lr: unknown field" in msg
+
+
+def test_missing_and_semantic_errors(recipe_dict):
+    del recipe_dict["data"]
+    recipe_dict["prompt"]["template"] = "Answer:"
+    with pytest.raises(RecipeError) as exc:
+        recipe_from_dict(recipe_dict)
+    assert "data: required field is missing" in str(exc.value)
+    assert "prompt.template: Value error, must contain the placeholder {question}" in str(exc.value)
+
+
+def test_bad_files_and_bad_overrides(tmp_path):
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(RecipeError, match="a recipe is a YAML mapping"):
+        load_recipe(tmp_path / "list.yaml")
+    with pytest.raises(RecipeError, match="expected dotted.key=value"):
+        apply_overrides({}, ["train.learning_rate"])
+    with pytest.raises(RecipeError, match="'name' is not a section"):
+        apply_overrides({"name": "x"}, ["name.first=1"])
+
+
+def test_recipe_round_trips_through_yaml(recipe_dict):
+    from medtune.recipe import dump_recipe
+
+    r = recipe_from_dict(recipe_dict)
+    assert recipe_from_dict(yaml.safe_load(dump_recipe(r))) == r
