@@ -63,6 +63,14 @@ def test_bad_files_and_bad_overrides(tmp_path):
         apply_overrides({}, ["train.learning_rate"])
     with pytest.raises(RecipeError, match="'name' is not a section"):
         apply_overrides({"name": "x"}, ["name.first=1"])
+    with pytest.raises(RecipeError, match="'1' is not an index of a list of 1"):
+        apply_overrides({"data": {"sources": [{}]}}, ["data.sources.1.path=x"])
+
+
+def test_overrides_index_lists():
+    data = {"data": {"sources": [{"path": "a"}, {"path": "b"}]}}
+    apply_overrides(data, ["data.sources.1.path=/x", "data.sources.0=null"])
+    assert data["data"]["sources"] == [None, {"path": "/x"}]
 
 
 def test_recipe_round_trips_through_yaml(recipe_dict):

@@ -141,7 +141,9 @@ def test_two_process_ddp_on_cpu(recipe_dict, tmp_path):
 
 
 def test_predict_api_and_cli(recipe_dict, tmp_path):
+    recipe_dict["tracking"] = {"backend": "tensorboard"}
     run_dir = run(recipe_from_dict(recipe_dict), run_dir=tmp_path / "run")
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))  # logs stay inside the run
     predictor = medtune.load(run_dir)
     assert predictor.template == "Please answer this question: {question}"
     questions = ["What causes gout ?", "How to treat a long standing case of psoriasis in adults ?", "What is lupus ?"]

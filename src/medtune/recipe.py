@@ -149,22 +149,37 @@ def _format_errors(err: ValidationError, origin: str) -> str:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `dotted.key=value` overrides; values are parsed as YAML (numbers, lists, null)."""
+    """Apply `dotted.key=value` overrides; values are parsed as YAML (numbers, lists, null).
+
+    A numeric part indexes a list: `data.sources.0.path=…`.
+    """
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise RecipeError(f"--set {item!r}: expected dotted.key=value")
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
+        node: Any = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if isinstance(node, list):
+                node = node[_list_index(node, part, item)]
+                continue
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, (dict, list)):
                 raise RecipeError(f"--set {item!r}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+        value = yaml.safe_load(raw) if raw else ""
+        if isinstance(node, list):
+            node[_list_index(node, leaf, item)] = value
+        else:
+            node[leaf] = value
     return data
+
+
+def _list_index(items: list, part: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise RecipeError(f"--set {item!r}: {part!r} is not an index of a list of {len(items)}")
+    return int(part)
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:

@@ -58,3 +58,28 @@ def make_t5(
     T5ForConditionalGeneration(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m medtune.testing DATA OUT`: a small random T5 whose tokenizer is trained on DATA's QA text."""
+    import argparse
+
+    from medtune.data import infer_loader, load_source
+    from medtune.recipe import SourceConfig
+
+    ap = argparse.ArgumentParser(prog="python -m medtune.testing", description=main.__doc__)
+    ap.add_argument("data", help="any source medtune can load, e.g. ../shared/data/medquad")
+    ap.add_argument("out", help="model directory to write")
+    ap.add_argument("--vocab-size", type=int, default=4000)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    args = ap.parse_args(argv)
+    records, _ = load_source(SourceConfig(loader=infer_loader(args.data), path=args.data))
+    texts = [t for r in records if r.answered for t in (r.question, r.answer)]
+    out = make_t5(args.out, texts, vocab_size=args.vocab_size, d_model=args.d_model, d_ff=4 * args.d_model,
+                  num_layers=args.layers, num_heads=4)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

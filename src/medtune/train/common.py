@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
+from transformers.integrations import TensorBoardCallback
 from medtune.recipe import Recipe, RecipeError
 
 
@@ -28,35 +30,34 @@ def choose_precision(requested: str, model_type: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def tracking_report_to(recipe: Recipe, run_dir: Path) -> list[str]:
+def tracking(recipe: Recipe, run_dir: Path) -> tuple[list[str], list[TrainerCallback]]:
+    """`report_to` names and extra callbacks for the recipe's tracking backend."""
     backend = recipe.tracking.backend
-    if backend == "none":
-        return []
     if backend == "tensorboard":
-        # The Trainer reads this variable for the event-file folder; keep it inside the run.
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
-    elif backend == "wandb":
+        # Our own callback so the event files land in this run's folder, whatever ran before.
+        callback = TensorBoardCallback()
+        callback.logging_dir = str(run_dir / "tensorboard")
+        return [], [callback]
+    if backend == "wandb":
         os.environ.setdefault("WANDB_PROJECT", recipe.tracking.project)
     elif backend == "mlflow":
         os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", recipe.tracking.project)
-    return [backend]
+    return ([] if backend == "none" else [backend]), []
 
 
-class TokenCounter:
-    """Counts the real (non-padding) tokens the collator hands to the model, source and target.
+class CountTokens:
+    """Trainer mixin: counts the real (non-padding) tokens of training batches, not eval ones.
 
-    Wraps the data collator, so the count is exact whatever the padding strategy; the
-    Trainer's own counter sees input_ids only and counts padding.
+    Encoder-decoder models process source and target tokens, so both count; a decoder-only
+    model's labels are its inputs, so only the inputs count. Packed batches have no padding.
     """
 
-    def __init__(self, collator, pad_token_id: int):
-        self.collator = collator
-        self.pad_token_id = pad_token_id
-        self.tokens = 0
+    train_tokens = 0
 
-    def __call__(self, features):
-        batch = self.collator(features)
-        self.tokens += int((batch["input_ids"] != self.pad_token_id).sum())
-        if "labels" in batch:
-            self.tokens += int((batch["labels"] != -100).sum())
-        return batch
+    def training_step(self, model, inputs, *args, **kwargs):
+        mask = inputs.get("attention_mask")
+        tokens = int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        if self.model.config.is_encoder_decoder:
+            tokens += int((inputs["labels"] != -100).sum())
+        self.train_tokens += tokens
+        return super().training_step(model, inputs, *args, **kwargs)

@@ -15,7 +15,11 @@ import datasets
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
 from medtune.recipe import Recipe
-from medtune.train.common import TokenCounter, choose_precision, cpu_only, tracking_report_to
+from medtune.train.common import CountTokens, choose_precision, cpu_only, tracking
+
+
+class Seq2SeqTrainerWithTokens(CountTokens, Seq2SeqTrainer):
+    pass
 
 
 @dataclass
@@ -112,15 +116,15 @@ def train_seq2seq(
     train_ds = encode(splits["train"])
     eval_ds = encode(splits["validation"]) if len(splits.get("validation", [])) else None
     precision = choose_precision(t.precision, model.config.model_type)
-    collator = TokenCounter(DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100), tokenizer.pad_token_id)
-    trainer = Seq2SeqTrainer(
+    report_to, tracking_callbacks = tracking(recipe, run_dir)
+    trainer = Seq2SeqTrainerWithTokens(
         model=model,
-        args=training_args(recipe, run_dir / "checkpoints", precision, tracking_report_to(recipe, run_dir), has_eval=eval_ds is not None),
+        args=training_args(recipe, run_dir / "checkpoints", precision, report_to, has_eval=eval_ds is not None),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=collator,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=tracking_callbacks + (callbacks or []),
     )
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=True if resume else None)
@@ -130,7 +134,7 @@ def train_seq2seq(
         global_step=trainer.state.global_step,
         train_loss=output.training_loss,
         runtime_s=runtime,
-        train_tokens=collator.tokens,
+        train_tokens=trainer.train_tokens,
         eval_loss=eval_loss,
         log_history=list(trainer.state.log_history),
     )
