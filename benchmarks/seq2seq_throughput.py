@@ -22,13 +22,15 @@ from pathlib import Path
 
 import torch
 import datasets
-from transformers import DataCollatorForSeq2Seq, T5ForConditionalGeneration, default_data_collator
+from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments, T5ForConditionalGeneration, default_data_collator
 
 from medtune.data import prepare_data
 from medtune.models import load_tokenizer, resolve_model
 from medtune.recipe import recipe_from_dict
 from medtune.testing import make_t5
-from medtune.train.seq2seq import Seq2SeqTrainerWithTokens, render_prompt, tokenize_pairs, train_seq2seq, training_args
+from medtune.prompts import render_prompt
+from medtune.train.common import fit, training_kwargs
+from medtune.train.seq2seq import Seq2SeqTrainerWithTokens, build_seq2seq_trainer, tokenize_pairs
 
 T5_SMALL = dict(vocab_size=32000, d_model=512, d_ff=2048, num_layers=6, num_heads=8)
 
@@ -48,8 +50,7 @@ def seed000_tokenize(ds, tokenizer, template, max_source, max_target):
 def train_seed000(recipe, model, tokenizer, splits, out: Path) -> tuple[float, int]:
     t = recipe.train
     train_ds = seed000_tokenize(splits["train"], tokenizer, recipe.prompt.template, t.max_source_length, t.max_target_length)
-    args = training_args(recipe, out, "fp32", [], has_eval=False)
-    args.train_sampling_strategy = "random"
+    args = Seq2SeqTrainingArguments(**training_kwargs(recipe, out, "fp32", [], has_eval=False) | {"train_sampling_strategy": "random"})
     trainer = Seq2SeqTrainerWithTokens(model=model, args=args, train_dataset=train_ds, data_collator=default_data_collator, processing_class=tokenizer)
     start = time.perf_counter()
     trainer.train()
@@ -108,7 +109,8 @@ def main() -> None:
                 seconds, tokens = train_seed000(recipe, model, tokenizer, splits, work / f"{way}-{r}")
             else:
                 # Train split only: no in-loop evaluation in either way's timing.
-                _, res = train_seq2seq(recipe, model, tokenizer, datasets.DatasetDict(train=splits["train"]), work / f"{way}-{r}")
+                trainer = build_seq2seq_trainer(recipe, model, tokenizer, datasets.DatasetDict(train=splits["train"]), work / f"{way}-{r}")
+                res = fit(trainer)
                 seconds, tokens = res.runtime_s, res.train_tokens
             loss = heldout_loss(model, tokenizer, recipe, splits["validation"])
             results[way].append((tokens / seconds, loss))

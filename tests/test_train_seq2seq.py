@@ -57,7 +57,9 @@ def test_train_cli_writes_run_report_and_model(recipe_dict, tmp_path):
     losses = [h["loss"] for h in report["train"]["log_history"] if "loss" in h]
     assert len(losses) == 8 and losses[-1] < losses[0]  # lr 3e-3 on a tiny model: loss must fall
     assert report["train"]["train_tokens"] > 0 and report["eval"]["n"] == 8
-    assert set(report["eval"]["metrics"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf"}
+    assert set(report["eval"]["metrics"]) == {"perplexity", "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf"}
+    # Held-out answer perplexity over label tokens, before and after: training lowers it.
+    assert report["eval"]["perplexity"]["perplexity"] < report["eval"]["before"]["perplexity"]["perplexity"]
     assert report["data"]["sizes"]["train"] > 0
     assert (run_dir / "report.md").read_text().count("rouge1") >= 1
     assert (run_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

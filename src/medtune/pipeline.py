@@ -15,13 +15,16 @@ from transformers import TrainerCallback
 
 from medtune.data import prepare_data
 from medtune.eval.generation import evaluate_generation
+from medtune.eval.perplexity import answer_perplexity
 from medtune.eval.report import plot_loss_curve, write_report
 from medtune.io import write_atomic
 from medtune.models import load_model, load_tokenizer, resolve_model
 from medtune.predict import Predictor, write_model_card
 from medtune.recipe import Recipe, dump_recipe
-from medtune.train.common import cpu_only
-from medtune.train.seq2seq import train_seq2seq
+from medtune.train.common import cpu_only, fit
+from medtune.train.lora import check_method, quantization_config
+from medtune.train.seq2seq import build_seq2seq_trainer
+from medtune.train.sft import build_sft_trainer
 
 
 def new_run_dir(recipe: Recipe) -> Path:
@@ -40,30 +43,34 @@ def new_run_dir(recipe: Recipe) -> Path:
 
 def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, callbacks: list[TrainerCallback] | None = None) -> Path:
     state = PartialState(cpu=cpu_only())  # joins the process group under torchrun / accelerate launch
+    check_method(recipe)
     resolved = resolve_model(recipe.model.name_or_path, recipe.model.kind, recipe.model.revision)
-    if resolved.kind != "seq2seq":
-        raise NotImplementedError(f"{resolved.describe()}: causal-LM training is not available yet")
+    if state.is_main_process:
+        print(f"model: {resolved.describe()}", flush=True)
     run_dir = Path(run_dir) if run_dir else new_run_dir(recipe)
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
     data = prepare_data(recipe.data)
     tokenizer = load_tokenizer(resolved)
-    model = load_model(resolved)
-    trainer, result = train_seq2seq(recipe, model, tokenizer, data.splits, run_dir, resume=resume, callbacks=callbacks)
+    model = load_model(resolved, quantization_config=quantization_config(recipe))
+    build = build_seq2seq_trainer if resolved.kind == "seq2seq" else build_sft_trainer
+    trainer = build(recipe, model, tokenizer, data.splits, run_dir, callbacks=callbacks)
 
-    model_dir = run_dir / "model"
-    trainer.save_model(str(model_dir))
+    main = state.is_main_process
+    before = _evaluate(trainer, tokenizer, recipe, data.splits, generate=recipe.eval.compare_before) if main else {}
+    result = fit(trainer, resume=resume)
+
+    adapter = recipe.train.method != "full"
+    model_dir = run_dir / ("adapter" if adapter else "model")
+    trainer.save_model(str(model_dir))  # an adapter run saves the adapter alone, not the base
     state.wait_for_everyone()
-    if state.is_main_process:
-        write_model_card(model_dir, template=recipe.prompt.template, generation=recipe.eval.generation, resolved=resolved)
-        predictor = Predictor(trainer.model, tokenizer, template=recipe.prompt.template, generation=recipe.eval.generation)
-        split = recipe.eval.split if len(data.splits[recipe.eval.split]) else "validation"
-        evaluation = evaluate_generation(predictor, data.splits[split], recipe.eval, split=split)
-        _write_predictions(run_dir / "predictions.jsonl", evaluation.pop("predictions", []))
-        plots = {}
-        if plot_loss_curve(result.log_history, run_dir / "loss_curve.png"):
-            plots["loss_curve"] = "loss_curve.png"
+    if main:
+        p = recipe.prompt
+        write_model_card(model_dir, template=p.template, system=p.system, generation=recipe.eval.generation, resolved=resolved, adapter=adapter)
+        after = _evaluate(trainer, tokenizer, recipe, data.splits, generate=True)
+        _write_predictions(run_dir / "predictions.jsonl", after.pop("predictions", []))
+        plots = {"loss_curve": "loss_curve.png"} if plot_loss_curve(result.log_history, run_dir / "loss_curve.png") else {}
         write_report(
             run_dir,
             {
@@ -71,13 +78,47 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, ca
                 "model": resolved.describe(),
                 "recipe": "recipe.yaml",
                 "data": data.report,
-                "train": result.to_dict(),
-                "eval": evaluation,
+                "train": result.to_dict() | {"method": recipe.train.method},
+                "eval": _before_after(before, after, recipe.eval.questions),
                 "plots": plots,
             },
         )
     state.wait_for_everyone()
     return run_dir
+
+
+def _evaluate(trainer, tokenizer, recipe: Recipe, splits, *, generate: bool) -> dict:
+    """Held-out perplexity, and (with `generate`) generation metrics and answers to the recipe's questions."""
+    out: dict = {"metrics": {}}
+    if "perplexity" in recipe.eval.metrics and trainer.eval_dataset is not None:
+        out["perplexity"] = _perplexity(trainer)
+        out["metrics"]["perplexity"] = out["perplexity"]["perplexity"]
+    if generate:
+        p = recipe.prompt
+        predictor = Predictor(trainer.model, tokenizer, template=p.template, system=p.system, generation=recipe.eval.generation)
+        split = recipe.eval.split if len(splits[recipe.eval.split]) else "validation"
+        generated = evaluate_generation(predictor, splits[split], recipe.eval, split=split)
+        out |= generated | {"metrics": out["metrics"] | generated["metrics"]}
+        if recipe.eval.questions:
+            out["answers"] = predictor.predict(recipe.eval.questions, batch_size=recipe.eval.batch_size)
+    return out
+
+
+def _before_after(before: dict, after: dict, questions: list[str]) -> dict:
+    """The report's eval section: the trained model's results, with the starting model's beside them."""
+    evaluation = {k: v for k, v in after.items() if k != "answers"}
+    if before:
+        evaluation["before"] = {k: before[k] for k in ("metrics", "perplexity") if k in before}
+    if questions:
+        evaluation["answers"] = [
+            {"question": q, "after": after["answers"][i]} | ({"before": before["answers"][i]} if "answers" in before else {})
+            for i, q in enumerate(questions)
+        ]
+    return evaluation
+
+
+def _perplexity(trainer) -> dict:
+    return answer_perplexity(trainer.model, trainer.eval_dataset, trainer.data_collator, batch_size=trainer.args.per_device_eval_batch_size)
 
 
 def _write_predictions(path: Path, rows: list[dict]) -> None:

@@ -63,7 +63,7 @@ class DataConfig(_Strict):
 
 class PromptConfig(_Strict):
     template: str = "{question}"
-    system: str | None = None
+    system: str | None = Field(None, description="causal LMs: system message of every chat")
 
     @field_validator("template")
     @classmethod
@@ -73,7 +73,20 @@ class PromptConfig(_Strict):
         return v
 
 
+class LoraConfig(_Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt; all-linear = every linear layer but the output head"
+    )
+
+
 class TrainConfig(_Strict):
+    method: Literal["full", "lora", "qlora"] = Field(
+        "full", description="full fine-tuning, LoRA adapters, or LoRA on a 4-bit NF4 base (CUDA only)"
+    )
+    lora: LoraConfig = LoraConfig()
     epochs: float = Field(3, gt=0)
     max_steps: int = Field(-1, description="Overrides epochs when > 0")
     learning_rate: float = Field(3e-4, gt=0)
@@ -85,6 +98,9 @@ class TrainConfig(_Strict):
     lr_scheduler: str = "linear"
     max_source_length: int = Field(512, gt=0)
     max_target_length: int = Field(512, gt=0)
+    max_length: int = Field(1024, gt=0, description="causal LMs: prompt + answer tokens per example")
+    packing: bool = Field(False, description="causal LMs: pack several examples into each max_length row")
+    gradient_checkpointing: bool = False
     group_by_length: bool = Field(True, description="Batch examples of similar length to cut padding")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     logging_steps: int = Field(10, gt=0)
@@ -106,11 +122,13 @@ class GenerationConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    metrics: list[Literal["rouge", "bleu", "chrf"]] = ["rouge", "bleu", "chrf"]
+    metrics: list[Literal["perplexity", "rouge", "bleu", "chrf"]] = ["perplexity", "rouge", "bleu", "chrf"]
     split: Literal["validation", "test"] = "test"
     max_samples: int | None = Field(200, gt=0, description="Generate for at most this many examples")
     batch_size: int = Field(8, gt=0)
     generation: GenerationConfig = GenerationConfig()
+    compare_before: bool = Field(False, description="also evaluate the starting model, for a before/after table")
+    questions: list[str] = Field(default_factory=list, description="fixed questions answered in the report")
 
 
 class TrackingConfig(_Strict):

@@ -1,4 +1,4 @@
-"""Tiny random models for tests and speed benchmarks (no pretrained weights exist offline).
+"""Tiny random models for tests and speed benchmarks (no T5 weights exist offline).
 
 The tokenizer is a real BPE trained on the given texts with the `tokenizers` library, so
 the model reads medical text with a realistic number of tokens per word.
@@ -10,20 +10,30 @@ from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers, decoders
-from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
-
-SPECIALS = ["<pad>", "</s>", "<unk>"]  # T5's ids: pad=0, eos=1, unk=2
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
-    # Like T5's own tokenizer, every encoded sequence ends with </s>.
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, *, seq2seq: bool = True) -> PreTrainedTokenizerFast:
+    """BPE over `texts`.
+
+    seq2seq: T5-like (SentencePiece-style word pieces, pad=0, eos=1, unk=2, </s> appended to
+    every sequence). Otherwise a GPT-style byte-level BPE that round-trips any text exactly,
+    with only <|endoftext|>, no pad token and no chat template, as many base models ship.
+    """
+    if seq2seq:
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.normalizer = normalizers.NFKC()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"]))
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size + len(alphabet), special_tokens=["<|endoftext|>"], initial_alphabet=alphabet))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
 
 
 def make_t5(
@@ -56,6 +66,30 @@ def make_t5(
     torch.manual_seed(seed)
     out = Path(out_dir)
     T5ForConditionalGeneration(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def make_llama(out_dir: str | Path, texts: Iterable[str], *, vocab_size: int = 1000, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """Write a randomly initialised Llama-architecture causal LM and its base-model tokenizer."""
+    import torch
+
+    tokenizer = train_tokenizer(texts, vocab_size, seq2seq=False)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    out = Path(out_dir)
+    LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 

@@ -1,6 +1,7 @@
 """Data layer: loaders into `QARecord`s, deduplication, grouped splits, mixing and statistics."""
 
 # Importing the loader modules registers them.
+from medtune.data import chat  # noqa: F401  (ai_medical_chatbot, chatdoctor, medtext)
 from medtune.data import medquad, tabular  # noqa: F401
 from medtune.data.loaders import LOADERS, infer_loader, load_source, register_loader
 from medtune.data.prepare import PreparedData, prepare_data

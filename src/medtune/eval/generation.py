@@ -18,7 +18,9 @@ def evaluate_generation(predictor: Predictor, ds: datasets.Dataset, cfg: EvalCon
         return {"split": split, "n": 0, "metrics": {}, "samples": [], "note": "no examples to evaluate"}
     language = Counter(ds["language"]).most_common(1)[0][0]
     predictions = predictor.predict(ds["question"], batch_size=cfg.batch_size, progress=True, **cfg.generation.model_dump())
-    metrics = text_metrics(predictions, ds["answer"], metrics=cfg.metrics, language=language)
+    # Perplexity is measured on the tokenized split by the caller; the rest score generated text.
+    text = [m for m in cfg.metrics if m != "perplexity"]
+    metrics = text_metrics(predictions, ds["answer"], metrics=text, language=language) if text else {}
     rows = [
         {"id": i, "question": q, "reference": r, "prediction": p}
         for i, q, r, p in zip(ds["id"], ds["question"], ds["answer"], predictions)

@@ -21,6 +21,9 @@ skips what is missing):
         "n": int,                   # number of examples scored
         "metrics": {str: float},    # e.g. text_metrics() output, plus "eval_loss"
         "samples": [{"question": str, "reference": str, "prediction": str}, ...],
+        "perplexity": {"perplexity", "nll", "tokens"},  # held-out answers, when measured
+        "before": {"metrics": {...}, "perplexity": {...}},  # the starting model, when measured
+        "answers": [{"question": str, "before": str, "after": str}, ...],  # the recipe's questions
       },
       "plots": {"loss_curve": "loss_curve.png"},  # paths relative to the run dir
     }
@@ -129,8 +132,13 @@ def render_markdown(report: dict, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> 
         scope = [s for s in scope if s]
         if scope:
             lines += ["Evaluated on " + ", ".join(scope) + ".", ""]
-        lines += ["| Metric | Value |", "|---|---:|"]
-        lines += [f"| {_cell(k)} | {_fmt(v, digits=2) or 'n/a'} |" for k, v in metrics.items()]
+        before = (ev.get("before") or {}).get("metrics")
+        if before:  # the starting model's results beside the trained model's
+            lines += ["| Metric | Before training | After training |", "|---|---:|---:|"]
+            lines += [f"| {_cell(k)} | {_fmt(before.get(k), digits=2) or 'n/a'} | {_fmt(v, digits=2) or 'n/a'} |" for k, v in metrics.items()]
+        else:
+            lines += ["| Metric | Value |", "|---|---:|"]
+            lines += [f"| {_cell(k)} | {_fmt(v, digits=2) or 'n/a'} |" for k, v in metrics.items()]
         lines.append("")
 
     train = report.get("train") or {}
@@ -152,6 +160,15 @@ def render_markdown(report: dict, *, max_samples: int = DEFAULT_MAX_SAMPLES) -> 
             q, r, p = (_cell(_truncate(s.get(k, ""))) for k in ("question", "reference", "prediction"))
             lines.append(f"| {i} | {q} | {r} | {p} |")
         lines.append("")
+
+    answers = ev.get("answers") or []
+    if answers:
+        lines += ["## Answers to the recipe's questions", ""]
+        for a in answers:
+            lines += [f"**{_cell(a['question'])}**", ""]
+            if "before" in a:
+                lines += [f"- before: {_cell(_truncate(a['before']))}"]
+            lines += [f"- after: {_cell(_truncate(a['after']))}", ""]
 
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -1,8 +1,10 @@
-"""Pieces every trainer shares: precision choice, tracking backends, token counting."""
+"""Pieces every trainer shares: precision, tracking, arguments, token counting, the fit loop."""
 
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -61,3 +63,77 @@ class CountTokens:
             tokens += int((inputs["labels"] != -100).sum())
         self.train_tokens += tokens
         return super().training_step(model, inputs, *args, **kwargs)
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    train_loss: float
+    runtime_s: float
+    train_tokens: int
+    eval_loss: float | None = None
+    log_history: list[dict] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.train_tokens / self.runtime_s if self.runtime_s else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "global_step": self.global_step,
+            "train_loss": self.train_loss,
+            "eval_loss": self.eval_loss,
+            "runtime_s": round(self.runtime_s, 2),
+            "train_tokens": self.train_tokens,
+            "train_tokens_per_s": round(self.tokens_per_s, 1),
+            "log_history": self.log_history,
+        }
+
+
+def training_kwargs(recipe: Recipe, output_dir: Path, precision: str, report_to: list[str], *, has_eval: bool) -> dict:
+    """TrainingArguments fields every medtune trainer sets the same way from the recipe."""
+    t = recipe.train
+    return dict(
+        output_dir=str(output_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        gradient_checkpointing=t.gradient_checkpointing,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a fraction of all steps
+        lr_scheduler_type=t.lr_scheduler,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        use_cpu=cpu_only(),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="no" if not has_eval else ("steps" if t.eval_steps else "epoch"),
+        eval_steps=t.eval_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        dataloader_num_workers=t.num_workers,
+        report_to=report_to,
+        run_name=recipe.name,
+    )
+
+
+def fit(trainer, *, resume: bool = False) -> TrainResult:
+    """Train (from the latest checkpoint when resuming), then the validation loss if there is a split."""
+    start = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=True if resume else None)
+    runtime = time.perf_counter() - start
+    return TrainResult(
+        global_step=trainer.state.global_step,
+        train_loss=output.training_loss,
+        runtime_s=runtime,
+        train_tokens=trainer.train_tokens,
+        eval_loss=trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None,
+        log_history=list(trainer.state.log_history),
+    )

@@ -1,0 +1,105 @@
+"""Causal-LM supervised fine-tuning with TRL's SFTTrainer on chat-formatted QA pairs.
+
+Each record becomes a prompt (optional system message + the user's question in the recipe's
+template) and a completion (the assistant's answer). TRL renders both with the tokenizer's chat
+template and masks the prompt, so the loss falls on the answer and its end-of-turn token only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from medtune.prompts import chat_messages
+from medtune.recipe import Recipe
+from medtune.train.common import CountTokens, choose_precision, tracking, training_kwargs
+from medtune.train.lora import peft_config
+
+# Used when a model ships no chat template of its own (base models); saved with the run.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
+PAD_CANDIDATES = ["<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "<|endoftext|>", "<unk>"]
+
+
+class SFTTrainerWithTokens(CountTokens, SFTTrainer):
+    pass
+
+
+def to_chat(ds: datasets.Dataset, template: str, system: str | None) -> datasets.Dataset:
+    def convert(row):
+        return {
+            "prompt": chat_messages(row["question"], template, system),
+            "completion": [{"role": "assistant", "content": row["answer"]}],
+        }
+
+    return ds.map(convert, remove_columns=ds.column_names, desc="chat format")
+
+
+def prepare_tokenizer(tokenizer, model) -> list[int]:
+    """Give the tokenizer a chat template and a pad token distinct from EOS; returns added token ids.
+
+    With pad == EOS the end of every answer looks like padding and the model never learns to
+    stop, so an existing distinct token is preferred, and one is added only as a last resort.
+    """
+    added: list[str] = []
+    if not tokenizer.chat_template:
+        added += [t for t in CHATML_TOKENS if t not in tokenizer.get_vocab()]
+        tokenizer.add_special_tokens({"additional_special_tokens": CHATML_TOKENS})
+        tokenizer.chat_template = CHATML_TEMPLATE
+        tokenizer.eos_token = "<|im_end|>"
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        vocab = tokenizer.get_vocab()
+        pad = next((t for t in PAD_CANDIDATES if t in vocab and vocab[t] != tokenizer.eos_token_id), None)
+        if pad is None:
+            pad = "<|pad|>"
+            added.append(pad)
+        tokenizer.pad_token = pad
+    if added:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return tokenizer.convert_tokens_to_ids(added)
+
+
+def build_sft_trainer(
+    recipe: Recipe,
+    model,
+    tokenizer,
+    splits: datasets.DatasetDict,
+    run_dir: Path,
+    *,
+    callbacks: list[TrainerCallback] | None = None,
+) -> SFTTrainerWithTokens:
+    t, p = recipe.train, recipe.prompt
+    new_tokens = prepare_tokenizer(tokenizer, model)
+    has_eval = len(splits.get("validation", [])) > 0
+    precision = choose_precision(t.precision, model.config.model_type)
+    report_to, tracking_callbacks = tracking(recipe, run_dir)
+    args = SFTConfig(
+        **training_kwargs(recipe, run_dir / "checkpoints", precision, report_to, has_eval=has_eval),
+        max_length=t.max_length,
+        packing=t.packing,
+        eval_packing=False,  # held-out perplexity is measured per example
+        completion_only_loss=True,
+        eos_token=tokenizer.eos_token,
+    )
+    if t.packing:
+        args.train_sampling_strategy = "random"  # packed rows have equal length already
+    return SFTTrainerWithTokens(
+        model=model,
+        args=args,
+        train_dataset=to_chat(splits["train"], p.template, p.system),
+        eval_dataset=to_chat(splits["validation"], p.template, p.system) if has_eval else None,
+        processing_class=tokenizer,
+        peft_config=peft_config(recipe, "CAUSAL_LM", new_tokens),
+        callbacks=tracking_callbacks + (callbacks or []),
+    )

@@ -1,0 +1,103 @@
+"""Causal-LM SFT: label masking, pad != EOS, chat template saving, LoRA adapters and their merge."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import medtune
+from medtune.data import prepare_data
+from medtune.models import load_model, load_tokenizer, resolve_model
+from medtune.pipeline import run
+from medtune.recipe import RecipeError, recipe_from_dict
+from medtune.train.sft import CHATML_TEMPLATE, build_sft_trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def sft_trainer(causal_recipe_dict, tmp_path):
+    recipe = recipe_from_dict(causal_recipe_dict)
+    resolved = resolve_model(recipe.model.name_or_path)
+    tokenizer, model = load_tokenizer(resolved), load_model(resolved)
+    assert tokenizer.pad_token is None and tokenizer.chat_template is None  # a bare base model
+    return build_sft_trainer(recipe, model, tokenizer, prepare_data(recipe.data).splits, tmp_path), tokenizer
+
+
+def test_loss_falls_on_the_answer_and_end_of_turn_only(sft_trainer):
+    trainer, tok = sft_trainer
+    example = trainer.train_dataset[0]
+    batch = trainer.data_collator([example])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    text = tok.decode(ids)
+    assert text.startswith("<|im_start|>system\nYou answer medical questions.<|im_end|>")
+    first = next(i for i, l in enumerate(labels) if l != -100)
+    # Everything up to and including the assistant header is prompt: masked.
+    assert tok.decode(ids[:first]).endswith("<|im_start|>assistant\n")
+    assert all(l == -100 for l in labels[:first])
+    # The answer, its <|im_end|> and what follows are learned.
+    assert labels[first:] == ids[first:]
+    end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn in labels[first:]
+    assert tok.decode([l for l in labels if l != -100]).strip().endswith("<|im_end|>")
+
+
+def test_pad_token_is_distinct_from_eos_and_chatml_is_set(sft_trainer):
+    _, tok = sft_trainer
+    assert tok.eos_token == "<|im_end|>"
+    assert tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id
+    assert tok.chat_template == CHATML_TEMPLATE
+
+
+def test_lora_run_saves_a_small_adapter_with_template_and_merges_to_the_same_outputs(causal_recipe_dict, tmp_path):
+    causal_recipe_dict["eval"]["metrics"] = ["perplexity", "rouge"]
+    run_dir = run(recipe_from_dict(causal_recipe_dict), run_dir=tmp_path / "run")
+    adapter = run_dir / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and not (run_dir / "model").exists()
+    base_bytes = (Path(causal_recipe_dict["model"]) / "model.safetensors").stat().st_size
+    assert (adapter / "adapter_model.safetensors").stat().st_size < base_bytes
+    saved = json.loads((adapter / "tokenizer_config.json").read_text())
+    template = (adapter / "chat_template.jinja").read_text() if (adapter / "chat_template.jinja").exists() else saved["chat_template"]
+    assert template == CHATML_TEMPLATE and saved["pad_token"] != saved["eos_token"]
+
+    report = json.loads((run_dir / "report.json").read_text())
+    before, after = report["eval"]["before"]["perplexity"], report["eval"]["perplexity"]
+    assert after["perplexity"] < before["perplexity"]  # lr 5e-3 on memorisable answers
+    assert before["tokens"] == after["tokens"] > 0
+    assert report["eval"]["metrics"]["perplexity"] == after["perplexity"]
+    assert report["train"]["method"] == "lora"
+
+    questions = ["What causes gout ?", "How to treat lupus ?"]
+    adapted = medtune.load(run_dir).predict(questions, max_new_tokens=12)
+    proc = subprocess.run([sys.executable, "-m", "medtune.cli", "merge-adapter", str(run_dir), "--out", str(tmp_path / "merged")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    merged_dir = tmp_path / "merged"
+    assert not list(merged_dir.glob("adapter_*"))  # a standalone model
+    merged = medtune.load(merged_dir)
+    assert merged.template == "{question}" and merged.system == "You answer medical questions."
+    assert merged.predict(questions, max_new_tokens=12) == adapted  # greedy: identical text
+
+
+def test_qlora_without_cuda_fails_before_loading_anything(causal_recipe_dict, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    causal_recipe_dict["train"]["method"] = "qlora"
+    causal_recipe_dict["model"] = str(tmp_path / "weights-that-do-not-exist")
+    recipe = tmp_path / "q.yaml"
+    recipe.write_text(yaml.safe_dump(causal_recipe_dict))
+    proc = subprocess.run([sys.executable, "-m", "medtune.cli", "train", str(recipe)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "train.method=qlora" in proc.stderr and "needs a CUDA GPU" in proc.stderr and "train.method=lora" in proc.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was started
+    with pytest.raises(RecipeError):
+        from medtune.train.lora import check_method
+
+        check_method(recipe_from_dict(causal_recipe_dict))
