@@ -98,3 +98,13 @@ def test_repeated_source_names_are_numbered(two_sources: tuple[str, str]) -> Non
     assert list(data.report["sources"]) == ["big.jsonl#1", "big.jsonl#2"]
     assert data.report["duplicates_removed"] == 300  # the second copy, across sources
     assert len(data.splits["validation"]) == 0 and tuple(data.splits["validation"].column_names) == QA_COLUMNS
+
+
+def test_sources_without_any_answer_are_a_clear_error(tmp_path):
+    from medtune.data import DataError, prepare_data
+    from medtune.recipe import DataConfig
+
+    path = tmp_path / "unanswered.jsonl"
+    path.write_text('{"question": "What is gout?", "answer": ""}\n')
+    with pytest.raises(DataError, match="no answered records to train or evaluate on"):
+        prepare_data(DataConfig(sources=[{"loader": "jsonl", "path": str(path)}]))

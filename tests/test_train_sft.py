@@ -101,3 +101,14 @@ def test_qlora_without_cuda_fails_before_loading_anything(causal_recipe_dict, tm
         from medtune.train.lora import check_method
 
         check_method(recipe_from_dict(causal_recipe_dict))
+
+
+def test_packing_and_gradient_checkpointing_train(causal_recipe_dict, tmp_path):
+    causal_recipe_dict["train"] |= {"packing": True, "gradient_checkpointing": True, "max_steps": 2, "max_length": 128}
+    causal_recipe_dict["eval"] |= {"metrics": ["perplexity"], "max_samples": 2}
+    run_dir = run(recipe_from_dict(causal_recipe_dict), run_dir=tmp_path / "packed")
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["train"]["global_step"] == 2
+    # Packed rows carry no padding: every token in a row is real, so rows hold several examples.
+    assert report["train"]["train_tokens"] > 2 * 4 * 40
+    assert report["eval"]["perplexity"]["tokens"] == report["eval"]["before"]["perplexity"]["tokens"] > 0

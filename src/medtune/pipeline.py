@@ -6,6 +6,7 @@ This is the only module that wires the stages together; each stage stays usable 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -43,12 +44,13 @@ def new_run_dir(recipe: Recipe) -> Path:
 
 def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, callbacks: list[TrainerCallback] | None = None) -> Path:
     state = PartialState(cpu=cpu_only())  # joins the process group under torchrun / accelerate launch
+    main = state.is_main_process
     check_method(recipe)
     resolved = resolve_model(recipe.model.name_or_path, recipe.model.kind, recipe.model.revision)
-    if state.is_main_process:
-        print(f"model: {resolved.describe()}", flush=True)
+    if main:
+        print(f"model: {resolved.describe()}", file=sys.stderr, flush=True)
     run_dir = Path(run_dir) if run_dir else new_run_dir(recipe)
-    if state.is_main_process:
+    if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
     data = prepare_data(recipe.data)
@@ -57,7 +59,6 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, ca
     build = build_seq2seq_trainer if resolved.kind == "seq2seq" else build_sft_trainer
     trainer = build(recipe, model, tokenizer, data.splits, run_dir, callbacks=callbacks)
 
-    main = state.is_main_process
     before = _evaluate(trainer, tokenizer, recipe, data.splits, generate=recipe.eval.compare_before) if main else {}
     result = fit(trainer, resume=resume)
 

@@ -77,7 +77,11 @@ def quickstart(data_dir: str | None = None, overrides: list[str] | None = None, 
 def summary_table(report: dict) -> Table:
     ev = report["eval"]
     before = ev.get("before", {}).get("metrics", {})
-    table = Table(title=f"{report['model']}: before vs after fine-tuning ({report['train']['global_step']} steps)")
+    table = Table(
+        title=f"{report['model']}: before vs after fine-tuning ({report['train']['global_step']} steps)",
+        caption="Answers come from a 135M-parameter model tuned for minutes, without sources: "
+        "often wrong, never medical advice.",
+    )
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")

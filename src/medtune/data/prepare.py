@@ -16,6 +16,7 @@ from typing import Any
 import datasets
 
 from medtune.data.loaders import load_source
+from medtune.data.report import DataError
 from medtune.data.split import SPLITS, focus_overlap, split_indices, unique_indices
 from medtune.recipe import DataConfig, SourceConfig
 from medtune.records import QARecord, to_dataset
@@ -54,7 +55,7 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
     report["duplicates_removed"] = len(records) - len(kept)
     report["unanswered_excluded"] = len(kept) - len(answered)
     if not answered:
-        raise ValueError(f"no answered records in {', '.join(s.path for s in cfg.sources)}")
+        raise DataError(", ".join(s.path for s in cfg.sources), "no answered records to train or evaluate on")
     records, origins = [records[i] for i in answered], [origins[i] for i in answered]
 
     parts = split_indices(records, cfg.split)

@@ -13,7 +13,7 @@ from medtune.recipe import EvalConfig
 
 def evaluate_generation(predictor: Predictor, ds: datasets.Dataset, cfg: EvalConfig, *, split: str, n_samples_shown: int = 5) -> dict:
     if cfg.max_samples is not None and len(ds) > cfg.max_samples:
-        ds = ds.select(range(cfg.max_samples))  # splits are already shuffled; the first N are a random sample
+        ds = ds.shuffle(seed=0).select(range(cfg.max_samples))  # a fixed random sample: splits keep file order
     if len(ds) == 0:
         return {"split": split, "n": 0, "metrics": {}, "samples": [], "note": "no examples to evaluate"}
     language = Counter(ds["language"]).most_common(1)[0][0]

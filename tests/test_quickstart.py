@@ -1,0 +1,61 @@
+import urllib.error
+import urllib.request
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from medtune.data import DataError
+from medtune.quickstart import find_medquad, summary_table
+from medtune.recipe import load_recipe
+
+
+def _xml_tree(root: Path) -> Path:
+    (root / "1_CancerGov_QA").mkdir(parents=True)
+    (root / "1_CancerGov_QA" / "0000001.xml").write_text("<Document/>")
+    return root
+
+
+def test_data_dir_may_hold_medquad_or_be_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDTUNE_DATA_DIR", raising=False)
+    tree = _xml_tree(tmp_path / "shared" / "medquad")
+    assert find_medquad(str(tmp_path / "shared")) == tree
+    assert find_medquad(str(tree)) == tree
+    monkeypatch.setenv("MEDTUNE_DATA_DIR", str(tmp_path / "shared"))
+    assert find_medquad(None) == tree
+    with pytest.raises(DataError, match="no MedQuAD XML tree here"):
+        find_medquad(str(tmp_path))
+
+
+def test_offline_without_a_local_copy_names_the_flag(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDTUNE_DATA_DIR", raising=False)
+    monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path / "cache"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DataError) as exc:
+        find_medquad(None)
+    assert "--data-dir" in str(exc.value) and "MEDTUNE_DATA_DIR" in str(exc.value)
+    assert not (tmp_path / "cache" / "data" / "medquad").exists()
+
+
+def test_packaged_recipe_is_valid_and_uses_the_default_model(tmp_path):
+    recipe = load_recipe(Path(str(resources.files("medtune") / "quickstart.yaml")), [f"data.sources.0.path={tmp_path}"])
+    assert recipe.model.name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert recipe.train.method == "lora" and recipe.eval.compare_before and len(recipe.eval.questions) == 3
+
+
+def test_summary_table_shows_before_and_after():
+    report = {
+        "model": "m", "train": {"global_step": 32},
+        "eval": {"metrics": {"perplexity": 6.99, "rougeL": 14.37}, "before": {"metrics": {"perplexity": 11.53, "rougeL": 12.35}},
+                 "answers": [{"question": "Q?", "before": "old answer", "after": "new answer"}]},
+    }
+    console = Console(record=True, width=200)
+    console.print(summary_table(report))
+    text = console.export_text()
+    assert "11.53" in text and "6.99" in text and "12.35" in text and "14.37" in text
+    assert "old answer" in text and "new answer" in text and "never medical advice" in text
