@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_wheel_missing_message_names_the_install(monkeypatch, tmp_path):
 
 def test_dry_run_plans_seed004_without_weights():
     proc = subprocess.run([sys.executable, "-m", "medtune.cli", "train", "recipes/seed004-llama31-qlora-chatbot.yaml", "--dry-run"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     assert plan["method"] == "qlora" and plan["needs_cuda"] is True

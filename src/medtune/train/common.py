@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
+
 from medtune.recipe import Recipe, RecipeError
 
 
