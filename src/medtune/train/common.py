@@ -125,6 +125,13 @@ def training_kwargs(recipe: Recipe, output_dir: Path, precision: str, report_to:
     )
 
 
+def trainer_setup(recipe: Recipe, run_dir: Path, model, *, has_eval: bool) -> tuple[dict, list[TrainerCallback]]:
+    """Arguments and tracking callbacks for a run of `model`, the same for every trainer."""
+    precision = choose_precision(recipe.train.precision, model.config.model_type)
+    report_to, callbacks = tracking(recipe, run_dir)
+    return training_kwargs(recipe, run_dir / "checkpoints", precision, report_to, has_eval=has_eval), callbacks
+
+
 def fit(trainer, *, resume: bool = False) -> TrainResult:
     """Train (from the latest checkpoint when resuming), then the validation loss if there is a split."""
     start = time.perf_counter()

@@ -15,7 +15,7 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTraining
 
 from medtune.prompts import render_prompt
 from medtune.recipe import Recipe
-from medtune.train.common import CountTokens, choose_precision, tracking, training_kwargs
+from medtune.train.common import CountTokens, trainer_setup
 from medtune.train.lora import peft_config
 
 
@@ -54,9 +54,7 @@ def build_seq2seq_trainer(
         return tokenize_pairs(ds, tokenizer, recipe.prompt.template, t.max_source_length, t.max_target_length)
 
     eval_ds = encode(splits["validation"]) if len(splits.get("validation", [])) else None
-    precision = choose_precision(t.precision, model.config.model_type)
-    report_to, tracking_callbacks = tracking(recipe, run_dir)
-    args = training_kwargs(recipe, run_dir / "checkpoints", precision, report_to, has_eval=eval_ds is not None)
+    args, tracking_callbacks = trainer_setup(recipe, run_dir, model, has_eval=eval_ds is not None)
     adapter = peft_config(recipe, "SEQ_2_SEQ_LM")
     if adapter is not None:
         model = get_peft_model(model, adapter)

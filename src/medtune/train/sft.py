@@ -15,7 +15,7 @@ from trl import SFTConfig, SFTTrainer
 
 from medtune.prompts import chat_messages
 from medtune.recipe import Recipe
-from medtune.train.common import CountTokens, choose_precision, tracking, training_kwargs
+from medtune.train.common import CountTokens, trainer_setup
 from medtune.train.lora import peft_config
 
 # Used when a model ships no chat template of its own (base models); saved with the run.
@@ -82,10 +82,9 @@ def build_sft_trainer(
     t, p = recipe.train, recipe.prompt
     new_tokens = prepare_tokenizer(tokenizer, model)
     has_eval = len(splits.get("validation", [])) > 0
-    precision = choose_precision(t.precision, model.config.model_type)
-    report_to, tracking_callbacks = tracking(recipe, run_dir)
+    common, tracking_callbacks = trainer_setup(recipe, run_dir, model, has_eval=has_eval)
     args = SFTConfig(
-        **training_kwargs(recipe, run_dir / "checkpoints", precision, report_to, has_eval=has_eval),
+        **common,
         max_length=t.max_length,
         packing=t.packing,
         eval_packing=False,  # held-out perplexity is measured per example
