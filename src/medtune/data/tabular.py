@@ -20,7 +20,7 @@ from typing import Any
 from medtune.data.loaders import register_loader
 from medtune.data.report import DataError, LoadReport
 from medtune.recipe import SourceConfig
-from medtune.records import QA_COLUMNS, QARecord
+from medtune.records import TEXT_FIELDS, QARecord
 
 
 def read_text(path: Path) -> str:
@@ -41,11 +41,11 @@ class _Mapper:
     """Turns one row (a mapping of column -> value) into a record, or says what is wrong."""
 
     def __init__(self, path: Path, cfg: SourceConfig) -> None:
-        unknown = sorted(set(cfg.fields) - set(QA_COLUMNS))
+        unknown = sorted(set(cfg.fields) - set(TEXT_FIELDS))
         if unknown:
-            raise DataError(path, f"`fields` maps unknown record field(s) {unknown}; they are {list(QA_COLUMNS)}")
+            raise DataError(path, f"`fields` maps unknown record field(s) {unknown}; they are {list(TEXT_FIELDS)}")
         self.path, self.cfg = path, cfg
-        self.columns = {name: cfg.fields.get(name, name) for name in QA_COLUMNS}
+        self.columns = {name: cfg.fields.get(name, name) for name in TEXT_FIELDS}
         self.required = {n: c for n, c in self.columns.items() if n in cfg.fields or n in ("question", "answer")}
 
     def check_columns(self, available: Collection[str], *, line: int | None = None, row: int | None = None) -> None:
@@ -80,6 +80,9 @@ class _Mapper:
             focus=values["focus"],
             qtype=values["qtype"],
             language=values["language"] or self.cfg.language,
+            category=values["category"],
+            context=values["context"],
+            rejected=values["rejected"] or None,
         )
 
     def _text(self, value: Any, column: str, line: int | None, row: int | None) -> str:
