@@ -138,7 +138,7 @@ def test_malformed_json_file(tmp_path: Path) -> None:
 
 
 def test_unknown_loader_lists_registered(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"unknown loader 'parquet'; registered loaders: ai_medical_chatbot, chatdoctor, csv, json, jsonl, medquad, medtext"):
+    with pytest.raises(DataError, match=r"unknown loader 'parquet'; registered loaders: ai_medical_chatbot, .*chatdoctor, csv, .*headqa, json, jsonl, medmcqa, medqa, medquad, medtext"):
         load_source(SourceConfig(loader="parquet", path=str(tmp_path)))
     with pytest.raises(DataError, match="no such file or directory"):
         load_source(SourceConfig(loader="csv", path=str(tmp_path / "missing.csv")))

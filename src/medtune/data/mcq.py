@@ -1,0 +1,375 @@
+"""Multiple-choice exam datasets in their original formats, as `QARecord`s with `options`.
+
+Every record has `options` in exam order, `answer_index` into them and `answer` = the right
+option's text. Loaders (names as in recipes and `load_mcq`):
+
+  * `headqa`: one HEAD-QA JSON file; id `<exam>:<qid>`, category = the exam's (as spelt there:
+    "nursery", not "nursing"), language = the file's. Items with an image are always skipped and
+    counted ("needs an image"): the question cannot be answered from its text.
+  * `medqa`: MedQA-USMLE JSONL; options in letter order, category = `meta_info` ("step1", ...).
+  * `medmcqa`: MedMCQA JSONL; `cop` counts from 1, as in the original release (1-4). The Hugging
+    Face export counts from 0: its 0s are rejected, but its 1-3 would read as the wrong option, so
+    convert it first. category = `subject_name`.
+  * `pubmedqa`: PubMedQA `ori_pqal.json`; options yes/no/maybe, context = the abstract's parts.
+    `pubmedqa_test_ids` gives the 500 PQA-L test ids.
+  * `mmlu`: headerless MMLU CSV, or a directory of them; category = subject from the file name.
+  * `casimedicos`: CasiMedicos JSONL; question = `full_question` (the case and its question),
+    category = `type` (the specialty, in English in both languages).
+  * `exam_pt`: Portuguese exam CSV (`Texto` with the options inline, `Resposta Correta`).
+
+Bad items (answer not among the options, missing fields, ...) are raised, or counted as skipped
+with `on_bad_row: skip`, naming the file and line (JSONL, CSV) or row (JSON) and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from medtune.data.loaders import load_source, register_loader
+from medtune.data.report import DataError, LoadReport
+from medtune.data.tabular import read_text
+from medtune.recipe import SourceConfig
+from medtune.records import QARecord
+
+LETTERS = "ABCDEFGHIJ"
+PUBMEDQA_OPTIONS = ("yes", "no", "maybe")
+
+
+def load_mcq(
+    loader: str, path: str | Path, *, language: str = "en", on_bad_row: Literal["error", "skip"] = "error"
+) -> tuple[list[QARecord], LoadReport]:
+    return load_source(SourceConfig(loader=loader, path=str(path), language=language, on_bad_row=on_bad_row))
+
+
+class _Bad(Exception):
+    """A bad item; `_convert` adds the file and location."""
+
+    def __init__(self, reason: str, column: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.column = reason, column
+
+
+# (where: "line" in a text file or "row" in a JSON list, its number, prefix of a bad item's reason, item)
+Located = tuple[Literal["line", "row"], int, str, Any]
+
+
+def _convert(
+    path: Path, cfg: SourceConfig, report: LoadReport, items: Iterable[Located], convert: Callable[[Any, int], QARecord]
+) -> Iterator[QARecord]:
+    """`convert(item, its line or row)` for each item; a bad item goes to `report.reject` with its location."""
+    for kind, at, label, item in items:
+        where = {kind: at}
+        try:
+            record = convert(item, at)
+        except _Bad as bad:
+            err = DataError(path, label + bad.reason, column=bad.column, **where)
+        except KeyError as exc:
+            err = DataError(path, f"{label}missing field {exc.args[0]!r}", **where)
+        except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type or form
+            err = DataError(path, f"{label}malformed item: {exc}", **where)
+        else:
+            yield record
+            continue
+        report.reject(err, cfg.on_bad_row)
+
+
+def _text(value: Any, what: str) -> str:
+    if isinstance(value, dict | list):
+        raise _Bad(f"{what}: expected text, got a JSON {type(value).__name__}")
+    return "" if value is None else str(value).strip()
+
+
+def _choice(question: Any, options: Iterable[Any], answer_index: int, **fields: str) -> QARecord:
+    question = _text(question, "question")
+    options = tuple(_text(o, f"option {i}") for i, o in enumerate(options, 1))
+    if not question:
+        raise _Bad("empty question")
+    if len(options) < 2:
+        raise _Bad(f"needs at least 2 options, has {len(options)}")
+    if empty := [str(i) for i, o in enumerate(options, 1) if not o]:
+        raise _Bad(f"empty option(s) {', '.join(empty)}")
+    if not 0 <= answer_index < len(options):
+        raise _Bad(f"answer index {answer_index} is out of range for {len(options)} options")
+    return QARecord(question, options[answer_index], options=options, answer_index=answer_index, **fields)
+
+
+def _read_json(path: Path, report: LoadReport) -> Any:
+    report.files_read += 1
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
+
+
+def _jsonl(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[Located]:
+    report.files_read += 1
+    # Split on "\n" only: str.splitlines() also splits on U+2028, which JSON allows in strings.
+    for line, text in enumerate(read_text(path).split("\n"), 1):
+        if not text.strip():
+            continue
+        report.rows_seen += 1
+        try:
+            item = json.loads(text)
+        except json.JSONDecodeError as exc:
+            reason = f"malformed JSON: {exc.msg} (column {exc.colno})"
+        else:
+            if isinstance(item, dict):
+                yield "line", line, "", item
+                continue
+            reason = f"expected an object, got a JSON {type(item).__name__}"
+        report.reject(DataError(path, reason, line=line), cfg.on_bad_row)
+
+
+def _csv_rows(path: Path, report: LoadReport) -> Iterator[tuple[int, list[str]]]:
+    """(line where the row starts, fields) for each row; quoted fields may span lines."""
+    report.files_read += 1
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    end = 0
+    try:
+        for fields in reader:
+            line, end = end + 1, reader.line_num
+            if fields:  # csv yields [] for a blank line
+                yield line, fields
+    except csv.Error as exc:  # e.g. a NUL byte: the rest of the file cannot be trusted
+        raise DataError(path, f"malformed CSV: {exc}", line=reader.line_num) from None
+
+
+# ---- HEAD-QA, PubMedQA (JSON) -----------------------------------------------------------------
+
+
+@register_loader("headqa")
+def load_headqa(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+    data = _read_json(path, report)
+    if not isinstance(data, dict) or not isinstance(data.get("exams"), dict):
+        raise DataError(path, "expected a HEAD-QA object {version, language, exams: {name: exam}}")
+    language = str(data.get("language") or cfg.language).lower()  # "es"/"en"; some copies write "EN"
+
+    def items() -> Iterator[Located]:
+        for name, exam in data["exams"].items():  # keyed by the exam's name
+            if not isinstance(exam, dict) or not isinstance(exam.get("data"), list):
+                raise DataError(path, f"exam {name!r}: expected an object with a `data` list")
+            for row, item in enumerate(exam["data"], 1):
+                report.rows_seen += 1
+                qid = item.get("qid") if isinstance(item, dict) else None
+                if isinstance(item, dict) and item.get("image"):
+                    # Not a bad row: the item is fine but cannot be asked without its image.
+                    report.skipped.append({"file": str(path), "row": f"{name}:{qid}", "reason": "needs an image"})
+                    continue
+                yield "row", row, f"exam {name!r}, qid {qid}: ", (name, exam.get("category"), item)
+
+    def convert(entry: tuple[str, Any, dict], row: int) -> QARecord:
+        name, category, item = entry
+        # `aid` is a number and `ra` a string in the released files: compare them as text.
+        answers = sorted(item["answers"], key=lambda a: int(a["aid"]))
+        aids = [str(a["aid"]) for a in answers]
+        if str(item["ra"]) not in aids:
+            raise _Bad(f"right answer {item['ra']!r} is not among the answer ids {aids}", column="ra")
+        return _choice(
+            item["qtext"], [a["atext"] for a in answers], aids.index(str(item["ra"])), id=f"{name}:{item['qid']}",
+            source="head_qa", language=language, category=_text(category, "category"),
+        )
+
+    return _convert(path, cfg, report, items(), convert)
+
+
+@register_loader("pubmedqa")
+def load_pubmedqa(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+    data = _read_json(path, report)
+    if not isinstance(data, dict):
+        raise DataError(path, "expected a PubMedQA object {pmid: {QUESTION, CONTEXTS, final_decision, ...}}")
+
+    def items() -> Iterator[Located]:
+        for row, (pmid, item) in enumerate(data.items(), 1):
+            report.rows_seen += 1
+            yield "row", row, f"pmid {pmid}: ", (pmid, item)
+
+    def convert(entry: tuple[str, dict], row: int) -> QARecord:
+        pmid, item = entry
+        decision = _text(item["final_decision"], "final_decision")
+        if decision not in PUBMEDQA_OPTIONS:
+            raise _Bad(f"final_decision {decision!r} is not one of {PUBMEDQA_OPTIONS}", column="final_decision")
+        if not isinstance(item["CONTEXTS"], list):
+            raise _Bad("expected a list of passages", column="CONTEXTS")
+        return _choice(
+            item["QUESTION"], PUBMEDQA_OPTIONS, PUBMEDQA_OPTIONS.index(decision), id=pmid, source="pubmedqa",
+            language=cfg.language, context="\n".join(_text(c, "CONTEXTS") for c in item["CONTEXTS"]),
+        )
+
+    return _convert(path, cfg, report, items(), convert)
+
+
+def pubmedqa_test_ids(path: str | Path) -> set[str]:
+    """The PQA-L test ids, from `test_ground_truth.json` beside `ori_pqal.json` (`path`)."""
+    file = Path(path).parent / "test_ground_truth.json"
+    if not file.is_file():
+        raise DataError(file, "no such file; PubMedQA ships it beside ori_pqal.json")
+    try:
+        truth = json.loads(read_text(file))
+    except json.JSONDecodeError as exc:
+        raise DataError(file, f"malformed JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
+    return {str(pmid) for pmid in truth}  # {pmid: label}; a plain list of pmids reads the same
+
+
+# ---- MedQA, MedMCQA, CasiMedicos (JSONL) -------------------------------------------------------
+
+
+@register_loader("medqa")
+def load_medqa(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+    def convert(item: dict, line: int) -> QARecord:
+        options, key = item["options"], item["answer_idx"]
+        letters = sorted(options)  # A..D (E in the 5-option version)
+        if key not in options:
+            raise _Bad(f"answer_idx {key!r} is not one of the options {letters}", column="answer_idx")
+        record = _choice(
+            item["question"], [options[k] for k in letters], letters.index(key), id=f"{path.stem}:{line}",
+            source="medqa", language=cfg.language, category=_text(item.get("meta_info"), "meta_info"),
+        )
+        if _text(item["answer"], "answer") != record.answer:
+            raise _Bad(f"answer {item['answer']!r} is not option {key}'s text {record.answer!r}", column="answer")
+        return record
+
+    return _convert(path, cfg, report, _jsonl(path, cfg, report), convert)
+
+
+@register_loader("medmcqa")
+def load_medmcqa(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+    def convert(item: dict, line: int) -> QARecord:
+        cop = int(item["cop"])
+        if not 1 <= cop <= 4:
+            raise _Bad(f"cop {item['cop']!r} is not 1-4 (the right option, counted from 1)", column="cop")
+        return _choice(
+            item["question"], [item[k] for k in ("opa", "opb", "opc", "opd")], cop - 1,
+            id=_text(item.get("id"), "id") or f"{path.stem}:{line}", source="medmcqa", language=cfg.language,
+            category=_text(item.get("subject_name"), "subject_name"),
+        )
+
+    return _convert(path, cfg, report, _jsonl(path, cfg, report), convert)
+
+
+@register_loader("casimedicos")
+def load_casimedicos(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+    def convert(item: dict, line: int) -> QARecord:
+        # By number, not as listed: one item of en/train.jsonl lists option "5" first.
+        keys = sorted(item["options"], key=int)
+        # Exams with 4 options still carry a 5th, missing: the text "nan" in the released files (a
+        # pandas NaN written out), or null. Missing options at the end are dropped; one before a
+        # present option would shift the letters of the rest, so `_choice` rejects it as empty.
+        texts = [_text(item["options"][k], f"option {k}") for k in keys]
+        texts = ["" if t == "nan" else t for t in texts]
+        while texts and not texts[-1]:
+            texts.pop()
+        key, present = str(item["correct_option"]), keys[: len(texts)]
+        if key not in present:
+            raise _Bad(f"correct_option {key!r} is not one of the options {present}", column="correct_option")
+        return _choice(
+            item["full_question"], texts, keys.index(key), id=f"{path.stem}:{line}", source="casimedicos",
+            language=cfg.language, category=_text(item.get("type"), "type"),
+        )
+
+    return _convert(path, cfg, report, _jsonl(path, cfg, report), convert)
+
+
+# ---- MMLU, Portuguese exams (CSV) --------------------------------------------------------------
+
+
+@register_loader("mmlu")
+def load_mmlu(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(path, "directory holds no CSV files")
+    for file in files:
+        yield from _mmlu_file(file, cfg, report)
+
+
+def _mmlu_file(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+    subject = re.sub(r"_(?:test|dev|val)$", "", path.stem)  # clinical_knowledge_test.csv -> clinical_knowledge
+
+    def rows() -> Iterator[Located]:
+        for row, (line, fields) in enumerate(_csv_rows(path, report), 1):
+            report.rows_seen += 1
+            yield "line", line, "", (row, fields)
+
+    def convert(entry: tuple[int, list[str]], line: int) -> QARecord:
+        row, fields = entry
+        if len(fields) != 6:
+            raise _Bad(f"expected 6 fields (question, A, B, C, D, answer letter), got {len(fields)}")
+        letter = fields[5].strip().upper()
+        if letter not in ("A", "B", "C", "D"):
+            raise _Bad(f"answer {fields[5]!r} is not a letter A-D", column="answer")
+        return _choice(fields[0], fields[1:5], "ABCD".index(letter), id=f"{subject}:{row}", source="mmlu",
+                       language=cfg.language, category=subject)
+
+    return _convert(path, cfg, report, rows(), convert)
+
+
+EXAM_PT_TEXT, EXAM_PT_ANSWER = "Texto", "Resposta Correta"
+
+# An option's line starts with its letter: "A) ", "(B) ", "C. ", "D - ", "e: ". After ".", ":" and
+# dashes a space must follow, so that e.g. "E-mail ..." is not read as option E.
+_OPTION_LINE = re.compile(
+    r"\s*(?:\((?P<a>[A-J])\)|(?P<b>[A-J])(?:\)|\s*[.:\-\u2013\u2014](?=\s)))\s*(?P<text>.*)", re.IGNORECASE
+)
+
+
+def split_options(text: str) -> tuple[str, tuple[str, ...]]:
+    """(question, options) of an exam question whose options are lines of their own, lettered A, B, ...
+
+    The options are the last run of lettered lines that starts at A (a statement list in the question,
+    e.g. "a) ... b) ...", comes before them); an unlettered line after an option continues it.
+    Raises ValueError when no such run of two or more options in letter order is found.
+    """
+    lines = text.strip().splitlines()
+    marked = [(i, m) for i, line in enumerate(lines) if (m := _OPTION_LINE.match(line))]
+    starts = [k for k, (_, m) in enumerate(marked) if (m["a"] or m["b"]).upper() == "A"]
+    if not starts:
+        raise ValueError("no options found: expected lines starting with A), (A), A. or A -")
+    marked = marked[starts[-1]:]
+    letters = [(m["a"] or m["b"]).upper() for _, m in marked]
+    if letters != list(LETTERS[: len(letters)]):
+        raise ValueError(f"options out of letter order: {', '.join(letters)}")
+    if len(letters) < 2:
+        raise ValueError("only one option (A) found")
+    ends = [i for i, _ in marked[1:]] + [len(lines)]
+    options = tuple(
+        " ".join(part.strip() for part in (m["text"], *lines[i + 1 : end]) if part.strip())
+        for (i, m), end in zip(marked, ends, strict=True)
+    )
+    return "\n".join(lines[: marked[0][0]]).strip(), options
+
+
+@register_loader("exam_pt")
+def load_exam_pt(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+    rows = _csv_rows(path, report)
+    header = [h.strip() for h in next(rows, (1, []))[1]]
+    for column in (EXAM_PT_TEXT, EXAM_PT_ANSWER):
+        if column not in header:  # the wrong file, not a bad row: an error even with on_bad_row: skip
+            raise DataError(path, f"column {column!r} not found; available columns: {header}", line=1, column=column)
+    text_at, answer_at = header.index(EXAM_PT_TEXT), header.index(EXAM_PT_ANSWER)
+
+    def items() -> Iterator[Located]:
+        for line, fields in rows:
+            report.rows_seen += 1
+            yield "line", line, "", fields
+
+    def convert(fields: list[str], line: int) -> QARecord:
+        if len(fields) != len(header):
+            raise _Bad(f"row does not have the header's {len(header)} fields")
+        try:
+            question, options = split_options(fields[text_at])
+        except ValueError as exc:
+            raise _Bad(str(exc), column=EXAM_PT_TEXT) from None
+        letter = fields[answer_at].strip().strip("().").upper()  # "C", "c", "C)", "(C)"
+        if len(letter) != 1 or letter not in LETTERS[: len(options)]:
+            raise _Bad(f"answer {fields[answer_at]!r} is not one of the options {', '.join(LETTERS[: len(options)])}",
+                       column=EXAM_PT_ANSWER)
+        return _choice(
+            question, options, LETTERS.index(letter), id=f"{path.stem}:{line}", source="exam_pt", language="pt"
+        )
+
+    return _convert(path, cfg, report, items(), convert)
