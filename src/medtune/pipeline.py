@@ -1,6 +1,8 @@
 """A recipe run from top to bottom: data -> model -> train -> save -> evaluate -> report.
 
-This is the only module that wires the stages together; each stage stays usable alone.
+This is the only module that wires the stages together; each stage stays usable alone. With an
+`align` section the training stage is DPO over preference pairs built from the data (or read from
+pair files), starting from a base model, an SFT run's model or an SFT run's adapter.
 """
 
 from __future__ import annotations
@@ -14,18 +16,20 @@ import torch.distributed as dist
 from accelerate import PartialState
 from transformers import TrainerCallback
 
+from medtune.align.dpo import MedtuneDPOTrainer, Start, build_dpo_trainer, load_start, resolve_start, reward_history, sampler
+from medtune.align.pairs import pair_splits
 from medtune.data import prepare_data
 from medtune.eval.generation import evaluate_generation
 from medtune.eval.perplexity import answer_perplexity
 from medtune.eval.report import plot_loss_curve, write_report
 from medtune.io import write_atomic
-from medtune.models import load_model, load_tokenizer, resolve_model
+from medtune.models import resolve_model
 from medtune.predict import Predictor, write_model_card
 from medtune.recipe import Recipe, dump_recipe
 from medtune.train.common import cpu_only, fit
 from medtune.train.lora import check_method, quantization_config
 from medtune.train.seq2seq import build_seq2seq_trainer
-from medtune.train.sft import build_sft_trainer
+from medtune.train.sft import build_sft_trainer, prepare_tokenizer
 
 
 def new_run_dir(recipe: Recipe) -> Path:
@@ -46,18 +50,22 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, ca
     state = PartialState(cpu=cpu_only())  # joins the process group under torchrun / accelerate launch
     main = state.is_main_process
     check_method(recipe)
-    resolved = resolve_model(recipe.model.name_or_path, recipe.model.kind, recipe.model.revision)
+    m = recipe.model
+    start = resolve_start(m, method=recipe.train.method) if recipe.align else Start(resolve_model(m.name_or_path, m.kind, m.revision))
+    resolved = start.base
     if main:
-        print(f"model: {resolved.describe()}", file=sys.stderr, flush=True)
+        print(f"model: {start.describe()}", file=sys.stderr, flush=True)
     run_dir = Path(run_dir) if run_dir else new_run_dir(recipe)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
     data = prepare_data(recipe.data)
-    tokenizer = load_tokenizer(resolved)
-    model = load_model(resolved, quantization_config=quantization_config(recipe))
-    build = build_seq2seq_trainer if resolved.kind == "seq2seq" else build_sft_trainer
-    trainer = build(recipe, model, tokenizer, data.splits, run_dir, callbacks=callbacks)
+    model, tokenizer = load_start(start, quantization_config(recipe))
+    if recipe.align:
+        trainer, data.report["pairs"] = _dpo_trainer(recipe, model, tokenizer, data.splits, run_dir, callbacks)
+    else:
+        build = build_seq2seq_trainer if resolved.kind == "seq2seq" else build_sft_trainer
+        trainer = build(recipe, model, tokenizer, data.splits, run_dir, callbacks=callbacks)
 
     before = _evaluate(trainer, tokenizer, recipe, data.splits, generate=recipe.eval.compare_before) if main else {}
     result = fit(trainer, resume=resume)
@@ -70,22 +78,49 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, ca
         p = recipe.prompt
         write_model_card(model_dir, template=p.template, system=p.system, generation=recipe.eval.generation, resolved=resolved, adapter=adapter)
         after = _evaluate(trainer, tokenizer, recipe, data.splits, generate=True)
+        if recipe.align:
+            after["metrics"] |= _final_rewards(result.log_history)
         _write_predictions(run_dir / "predictions.jsonl", after.pop("predictions", []))
         plots = {"loss_curve": "loss_curve.png"} if plot_loss_curve(result.log_history, run_dir / "loss_curve.png") else {}
         write_report(
             run_dir,
             {
                 "name": recipe.name,
-                "model": resolved.describe(),
+                "model": start.describe(),
                 "recipe": "recipe.yaml",
                 "data": data.report,
-                "train": result.to_dict() | {"method": recipe.train.method},
+                "train": result.to_dict() | {"method": recipe.train.method} | _align_summary(recipe, result.log_history),
                 "eval": _before_after(before, after, recipe.eval.questions),
                 "plots": plots,
             },
         )
     state.wait_for_everyone()
     return run_dir
+
+
+def _dpo_trainer(recipe: Recipe, model, tokenizer, splits, run_dir: Path, callbacks) -> tuple[MedtuneDPOTrainer, dict]:
+    """Preference pairs from the prepared splits, then a DPO trainer over them; also the pairs report."""
+    # The chat template and pad token first: sampled answers are generated from the prompts DPO trains on.
+    new_tokens = prepare_tokenizer(tokenizer, model)
+    cfg = recipe.align.pairs
+    generate = sampler(model, tokenizer, recipe.prompt, cfg) if "sampled" in cfg.rejected else None
+    pairs, report = pair_splits(splits, cfg, generate)
+    trainer = build_dpo_trainer(recipe, model, tokenizer, pairs, run_dir, new_token_ids=new_tokens, callbacks=callbacks)
+    return trainer, report | {"dropped_too_long": trainer.too_long}
+
+
+def _align_summary(recipe: Recipe, log_history: list[dict]) -> dict:
+    """DPO settings and reward accuracy / margin per logging and evaluation step, for the report's train section."""
+    if recipe.align is None:
+        return {}
+    a = recipe.align
+    return {"align": {"method": a.method, "beta": a.beta, "loss_type": a.loss_type}, "rewards": reward_history(log_history)}
+
+
+def _final_rewards(log_history: list[dict]) -> dict:
+    """Reward accuracy and margin of the last evaluation on the validation pairs, shown with the other metrics."""
+    evals = reward_history(log_history)["eval"]
+    return {"reward_accuracy": evals[-1]["accuracy"], "reward_margin": evals[-1]["margin"]} if evals else {}
 
 
 def _evaluate(trainer, tokenizer, recipe: Recipe, splits, *, generate: bool) -> dict:
@@ -119,7 +154,9 @@ def _before_after(before: dict, after: dict, questions: list[str]) -> dict:
 
 
 def _perplexity(trainer) -> dict:
-    return answer_perplexity(trainer.model, trainer.eval_dataset, trainer.data_collator, batch_size=trainer.args.per_device_eval_batch_size)
+    # A DPO trainer's eval set holds pairs: perplexity is that of their chosen (reference) answers.
+    ds, collator = trainer.perplexity_inputs() if isinstance(trainer, MedtuneDPOTrainer) else (trainer.eval_dataset, trainer.data_collator)
+    return answer_perplexity(trainer.model, ds, collator, batch_size=trainer.args.per_device_eval_batch_size)
 
 
 def _write_predictions(path: Path, rows: list[dict]) -> None:

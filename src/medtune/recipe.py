@@ -131,6 +131,58 @@ class EvalConfig(_Strict):
     questions: list[str] = Field(default_factory=list, description="fixed questions answered in the report")
 
 
+class PairsConfig(_Strict):
+    """How preference pairs are built from QA records: chosen = the reference answer."""
+
+    rejected: list[Literal["sampled", "same_focus", "corrupted"]] = Field(
+        default_factory=lambda: ["same_focus", "corrupted"],
+        min_length=1,
+        description="one pair per record and strategy: sampled = a generation of the starting model; "
+        "same_focus = the answer to another question about the same focus; corrupted = the answer with its focus "
+        "swapped for another record's (wrong_entity) or cut short (truncate)",
+    )
+    corruptions: list[Literal["wrong_entity", "truncate"]] = Field(
+        default_factory=lambda: ["wrong_entity", "truncate"],
+        min_length=1,
+        description="corrupted: the kinds to try, in order; the first that applies to a record is used",
+    )
+    keep_fraction: float = Field(0.5, gt=0, lt=1, description="truncate: the share of sentences (or words) kept")
+    seed: int = 0
+    batch_size: int = Field(8, gt=0, description="sampled: questions generated at once")
+    generation: GenerationConfig = GenerationConfig(do_sample=True, top_p=0.95, max_new_tokens=128)
+
+    @field_validator("rejected", "corruptions")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each entry once (got {v})")
+        return v
+
+
+# TRL 1.16's DPOConfig.loss_type values.
+DPO_LOSSES = Literal[
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
+    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+]
+
+
+class AlignConfig(_Strict):
+    """Preference alignment after (or instead of) supervised fine-tuning; prompt + answer tokens per sequence
+    are capped by `train.max_length`, the only length TRL's DPOTrainer takes."""
+
+    method: Literal["dpo"] = "dpo"
+    beta: float = Field(0.1, gt=0, description="how far the policy may move from the reference; higher = closer")
+    loss_type: DPO_LOSSES = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust and exo_pair losses: assumed label noise")
+    pairs: PairsConfig = PairsConfig()
+
+    @model_validator(mode="after")
+    def _exo_needs_smoothing(self) -> AlignConfig:
+        if self.loss_type == "exo_pair" and self.label_smoothing == 0:
+            raise ValueError("loss_type=exo_pair needs label_smoothing > 0 (the EXO paper uses 1e-3)")
+        return self
+
+
 class TrackingConfig(_Strict):
     backend: Literal["tensorboard", "wandb", "mlflow", "none"] = "tensorboard"
     project: str = "medtune"
@@ -144,6 +196,7 @@ class Recipe(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    align: AlignConfig | None = Field(None, description="preference alignment (DPO); none = supervised fine-tuning")
     output_dir: str = "runs"
 
     @field_validator("model", mode="before")
@@ -151,6 +204,20 @@ class Recipe(_Strict):
     def _model_shorthand(cls, v: Any) -> Any:
         # `model: google/flan-t5-base` and `--set model=./tiny` name the weights only.
         return {"name_or_path": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _align_fits(self) -> Recipe:
+        if self.align is None:
+            return self
+        if self.model.kind == "seq2seq":
+            raise ValueError("align: DPO trains causal LMs; model.kind is seq2seq")
+        if self.train.packing:
+            raise ValueError("align: DPO rows are (prompt, answer) pairs and cannot be packed; set train.packing: false")
+        if self.data.dedup and any(s.loader == "pairs" for s in self.data.sources):
+            # Dedup keys on (question, answer): it would keep one pair per (prompt, chosen) and drop the rest.
+            raise ValueError("align: pair files repeat a (prompt, chosen) with different rejected answers; "
+                             "set data.dedup: false")
+        return self
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:

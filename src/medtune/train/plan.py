@@ -19,7 +19,11 @@ _LLAMA3_8B = dict(model_type="llama", hidden_size=4096, intermediate_size=14336,
                   num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False)
 _MISTRAL_7B = dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                    num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False)
+_LLAMA2_7B = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False)
 KNOWN_SHAPES = {
+    "meta-llama/Llama-2-7b-hf": _LLAMA2_7B,
+    "meta-llama/Llama-2-7b-chat-hf": _LLAMA2_7B,
     "meta-llama/Llama-3.1-8B-Instruct": _LLAMA3_8B,
     "meta-llama/Llama-3.1-8B": _LLAMA3_8B,
     "mistralai/Mistral-7B-Instruct-v0.2": _MISTRAL_7B,
@@ -73,6 +77,8 @@ def plan(recipe: Recipe) -> dict:
     hidden = config.get_text_config().hidden_size
     layers = config.get_text_config().num_hidden_layers
     tokens = t.batch_size * (t.max_length if kind == "causal" else t.max_source_length + t.max_target_length)
+    if recipe.align:
+        tokens *= 2  # DPO runs the chosen and the rejected row of every pair
     # Per token and layer: ~34*hidden bytes of 16-bit activations (Korthikanti et al. 2022), or only
     # the layer input (2*hidden) with gradient checkpointing; logits are upcast to fp32.
     per_layer = (2 if t.gradient_checkpointing else 34) * hidden

@@ -1,0 +1,190 @@
+"""DPO: tiny runs end to end (LoRA, full, from an SFT adapter), the reference model of each start, rewards in the report."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import medtune
+from medtune.align import make_pairs
+from medtune.align.dpo import build_dpo_trainer, load_start, resolve_start, reward_history
+from medtune.align.pairs import pair_splits
+from medtune.data import prepare_data
+from medtune.models import load_model, resolve_model
+from medtune.pipeline import run
+from medtune.predict import MODEL_CARD, Predictor
+from medtune.recipe import RecipeError, recipe_from_dict
+from medtune.train.sft import prepare_tokenizer
+
+
+def dpo_recipe(causal: dict, method: str = "lora", rejected: tuple[str, ...] = ("same_focus", "corrupted")) -> dict:
+    """The conftest causal recipe as a 4-step DPO run with an evaluation every 2 steps."""
+    causal["train"] |= {"method": method, "max_steps": 4, "eval_steps": 2, "save_steps": 50}
+    causal["eval"] |= {"metrics": ["perplexity", "rouge"], "max_samples": 4}
+    causal["align"] = {"beta": 0.1, "pairs": {"rejected": list(rejected), "generation": {"max_new_tokens": 8}}}
+    return causal
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, qa_jsonl, tiny_llama) -> Path:
+    """A finished LoRA SFT run on the tiny Llama: the adapter start of DPO."""
+    out = tmp_path_factory.mktemp("sft")
+    recipe = {
+        "name": "tiny-sft",
+        "model": str(tiny_llama),
+        "data": {"sources": [{"loader": "jsonl", "path": str(qa_jsonl)}], "split": {"validation": 0.2, "test": 0.2, "seed": 0}},
+        "prompt": {"template": "{question}", "system": "You answer medical questions."},
+        "train": {"method": "lora", "max_steps": 6, "learning_rate": 5e-3, "batch_size": 4, "logging_steps": 1,
+                  "max_length": 64, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "eval": {"metrics": ["perplexity"], "max_samples": 2, "generation": {"max_new_tokens": 4}},
+        "tracking": {"backend": "none"},
+    }
+    return run(recipe_from_dict(recipe), run_dir=out / "run")
+
+
+def dpo_trainer(recipe, run_dir: Path):
+    """The pipeline's steps up to the trainer, and an untouched copy of the starting model."""
+    start = resolve_start(recipe.model, method=recipe.train.method)
+    model, tokenizer = load_start(start)
+    new_tokens = prepare_tokenizer(tokenizer, model)
+    starting_model = copy.deepcopy(model).eval()
+    pairs, _ = pair_splits(prepare_data(recipe.data).splits, recipe.align.pairs)
+    return build_dpo_trainer(recipe, model, tokenizer, pairs, run_dir, new_token_ids=new_tokens), starting_model
+
+
+def completion_logps(model, batch) -> torch.Tensor:
+    """Summed log-probabilities of each row's completion tokens: what DPO calls logps."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    labels, mask = batch["input_ids"][:, 1:], batch["completion_mask"][:, 1:]
+    return (logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1) * mask).sum(1)
+
+
+def first_batch(trainer):
+    return trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+
+
+def test_lora_dpo_run_reports_reward_accuracy_and_pair_counts(causal_recipe_dict, tmp_path):
+    recipe = dpo_recipe(causal_recipe_dict, "lora", ("same_focus", "corrupted", "sampled"))
+    run_dir = run(recipe_from_dict(recipe), run_dir=tmp_path / "dpo")
+    report = json.loads((run_dir / "report.json").read_text())
+
+    rewards = report["train"]["rewards"]
+    assert [e["step"] for e in rewards["eval"]][:2] == [2, 4]
+    assert all(0 <= e["accuracy"] <= 1 and isinstance(e["margin"], float) for e in rewards["eval"])
+    assert report["eval"]["metrics"]["reward_accuracy"] == rewards["eval"][-1]["accuracy"]
+    assert report["eval"]["metrics"]["reward_margin"] == rewards["eval"][-1]["margin"]
+    # The first step is measured before any update: policy and reference agree, so every reward is 0.
+    assert rewards["train"][0] | {"step": 0} == {"step": 0, "accuracy": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0}
+    assert report["train"]["align"] == {"method": "dpo", "beta": 0.1, "loss_type": "sigmoid"}
+    assert "reward_accuracy" in (run_dir / "report.md").read_text()
+
+    pairs = report["data"]["pairs"]
+    n_train = report["data"]["sizes"]["train"]
+    by_strategy = pairs["train"]["by_strategy"]
+    assert by_strategy["same_focus"] == by_strategy["corrupted:wrong_entity"] == n_train
+    assert by_strategy.get("sampled", 0) + sum(pairs["train"]["degenerate"].values()) == n_train
+    assert pairs["validation"]["pairs"] > 0 and pairs["dropped_too_long"] == {"train": 0, "eval": 0}
+
+    before, after = report["eval"]["before"]["perplexity"], report["eval"]["perplexity"]
+    assert before["tokens"] == after["tokens"] > 0  # the validation pairs' chosen answers
+    adapter = run_dir / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists()
+    assert json.loads((adapter / MODEL_CARD).read_text())["adapter"] is True
+
+
+def test_full_dpo_precomputes_the_starting_models_log_probs(causal_recipe_dict, tmp_path):
+    recipe = recipe_from_dict(dpo_recipe(causal_recipe_dict, "full"))
+    trainer, starting_model = dpo_trainer(recipe, tmp_path)
+    assert trainer.ref_model is None  # no second copy of the weights: the reference was computed up front
+    batch = first_batch(trainer)
+    expected = completion_logps(starting_model, batch)
+    torch.testing.assert_close(torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]), expected, rtol=1e-4, atol=1e-4)
+    trainer.train()
+    policy = completion_logps(trainer.model.eval(), batch)
+    assert not torch.allclose(policy, expected, atol=1e-3)  # the policy moved; the stored reference did not
+
+
+def test_full_dpo_run_over_a_pair_file(causal_recipe_dict, qa_jsonl, tmp_path):
+    pair_file = tmp_path / "pairs.jsonl"
+    make_pairs(qa_jsonl, pair_file, strategies=["corrupted"])
+    blank = {"prompt": "What is scurvy ?", "chosen": "A lack of vitamin C .", "rejected": " ", "focus": "scurvy"}
+    pair_file.write_text(pair_file.read_text() + json.dumps(blank) + "\n")
+    recipe = dpo_recipe(causal_recipe_dict, "full")
+    recipe["data"] |= {"sources": [{"loader": "pairs", "path": str(pair_file)}], "dedup": False}
+    recipe["train"]["learning_rate"] = 1e-4
+    run_dir = run(recipe_from_dict(recipe), run_dir=tmp_path / "full")
+    report = json.loads((run_dir / "report.json").read_text())
+    pairs = report["data"]["pairs"]
+    degenerate = sum(pairs[s]["degenerate"].get("blank_rejected", 0) for s in ("train", "validation"))
+    kept = sum(pairs[s]["by_strategy"]["file"] for s in ("train", "validation"))
+    assert kept + degenerate == report["data"]["sizes"]["train"] + report["data"]["sizes"]["validation"]
+    assert 0 <= report["eval"]["metrics"]["reward_accuracy"] <= 1 and report["train"]["rewards"]["eval"]
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    assert medtune.load(run_dir).predict(["What causes gout ?"], max_new_tokens=4)[0] is not None
+
+
+def test_adapter_start_references_the_sft_model_with_one_copy_of_the_base(causal_recipe_dict, sft_run, tmp_path):
+    recipe = recipe_from_dict(dpo_recipe(causal_recipe_dict, "lora") | {"model": str(sft_run)})
+    trainer, _ = dpo_trainer(recipe, tmp_path)
+    model = trainer.model
+    assert trainer.ref_model is None and list(model.peft_config) == ["default", "ref"]
+    card = json.loads((sft_run / "adapter" / MODEL_CARD).read_text())
+    base = load_model(resolve_model(card["base_model"]))
+    base.resize_token_embeddings(len(trainer.processing_class))
+    adapter_params = ("lora_", "trainable_tokens_delta")
+    base_params = sum(p.numel() for n, p in model.named_parameters() if not any(a in n for a in adapter_params))
+    assert base_params == sum(p.numel() for p in base.parameters())  # the base weights exist once
+
+    sft = Predictor.from_pretrained(sft_run).model  # the starting point, loaded on its own
+    batch = first_batch(trainer)
+    expected = completion_logps(sft, batch)
+    reference = lambda: torch.cat(trainer.compute_ref_log_probs(model, batch))  # noqa: E731
+    torch.testing.assert_close(reference(), expected, rtol=1e-4, atol=1e-4)
+    with model.disable_adapter():
+        bare_base = completion_logps(model, batch)
+    assert not torch.allclose(bare_base, expected, atol=1e-2)  # so the reference is the SFT model, not the bare base
+
+    trainer.train()
+    torch.testing.assert_close(reference(), expected, rtol=1e-4, atol=1e-4)  # still frozen
+    assert not torch.allclose(completion_logps(model.eval(), batch), expected, atol=1e-3)  # the policy moved
+
+
+def test_dpo_run_from_an_sft_run_saves_an_adapter_on_the_same_base(causal_recipe_dict, sft_run, tmp_path):
+    recipe = dpo_recipe(causal_recipe_dict, "lora") | {"model": str(sft_run)}
+    run_dir = run(recipe_from_dict(recipe), run_dir=tmp_path / "dpo")
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["model"].endswith(f"+ adapter {sft_run / 'adapter'}")
+    assert report["train"]["rewards"]["train"][0]["margin"] == 0.0  # the reference is where training starts
+    card = json.loads((run_dir / "adapter" / MODEL_CARD).read_text())
+    assert card["base_model"] == json.loads((sft_run / "adapter" / MODEL_CARD).read_text())["base_model"]
+    assert not (run_dir / "adapter" / "ref").exists()
+    assert len(medtune.load(run_dir).predict(["What causes gout ?", "How to treat lupus ?"], max_new_tokens=4)) == 2
+
+
+def test_adapter_start_needs_an_adapter_method_and_seq2seq_is_refused(causal_recipe_dict, sft_run, tiny_t5):
+    recipe = recipe_from_dict(dpo_recipe(causal_recipe_dict, "full") | {"model": str(sft_run)})
+    with pytest.raises(RecipeError, match="is a LoRA adapter, and DPO goes on training it: set train.method=lora"):
+        resolve_start(recipe.model, method="full")
+    seq2seq = recipe_from_dict(dpo_recipe(causal_recipe_dict) | {"model": str(tiny_t5)})
+    with pytest.raises(RecipeError, match="DPO trains causal LMs"):
+        resolve_start(seq2seq.model)
+    with pytest.raises(RecipeError, match="align: DPO trains causal LMs; model.kind is seq2seq"):
+        recipe_from_dict(dpo_recipe(causal_recipe_dict) | {"model": {"name_or_path": str(tiny_t5), "kind": "seq2seq"}})
+
+
+def test_reward_history_reads_trls_metric_names():
+    log = [
+        {"loss": 0.69, "rewards/accuracies": 0.0, "rewards/margins": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "step": 1},
+        {"eval_loss": 0.6, "eval_rewards/accuracies": 0.75, "eval_rewards/margins": 0.2, "eval_rewards/chosen": 0.1,
+         "eval_rewards/rejected": -0.1, "step": 2},
+        {"train_loss": 0.65, "step": 2},
+    ]
+    assert reward_history(log) == {
+        "train": [{"step": 1, "accuracy": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0}],
+        "eval": [{"step": 2, "accuracy": 0.75, "margin": 0.2, "chosen": 0.1, "rejected": -0.1}],
+    }
