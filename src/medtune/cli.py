@@ -55,10 +55,42 @@ def _merge_adapter(args) -> None:
     print(merge_adapter(args.run_dir, args.out))
 
 
+def _pairs(args) -> None:
+    from medtune.align import make_pairs
+
+    report = make_pairs(args.source, args.out, overrides=args.set, loader=args.loader, strategies=args.strategy, seed=args.seed)
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
 def _data_stats(args) -> None:
     from medtune.data import data_stats
 
     print(json.dumps(data_stats(args.path, loader=args.loader), indent=2, ensure_ascii=False))
+
+
+def _eval(args) -> None:
+    from medtune.eval.suite import evaluate
+
+    out = evaluate(args.model, args.tasks, data_dir=args.data_dir, out_dir=args.out, num_fewshot=args.num_fewshot,
+                   limit=args.limit, prompt_language=args.prompt_language, batch_tokens=args.batch_tokens, seed=args.seed)
+    print((out / "report.md").read_text())
+    print(out)
+
+
+def _compare(args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from medtune.eval.suite_report import compare
+
+    rows = compare(args.a, args.b)
+    table = Table("task", "metric", "A", "B", "B - A", "beyond chance?", "test")
+    for r in rows:
+        flag = {True: "yes", False: "no", None: "-"}[r["significant"]]
+        table.add_row(r["task"], r["metric"], f"{r['a']:.4f}", f"{r['b']:.4f}", f"{r['delta']:+.4f}", flag, r["test"])
+    Console().print(table)
+    if args.json:
+        print(json.dumps(rows, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +126,36 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, type=Path, help="directory for the standalone merged model")
     m.set_defaults(func=_merge_adapter)
 
+    e = sub.add_parser("eval", help="score a run or model on benchmark tasks; writes report.json/.md and charts")
+    e.add_argument("model", help="run directory, model directory or hub id")
+    e.add_argument("--tasks", required=True, help="comma-separated task names, NAME=PATH to point one at a file "
+                   "(choice: headqa_es, headqa_en, medqa, medmcqa, pubmedqa, mmlu_medical, casimedicos_es, casimedicos_en, "
+                   "exam_pt=FILE; generation: medquad, medtext=FILE)")
+    e.add_argument("--data-dir", help="folder holding the datasets (default: $MEDTUNE_DATA_DIR)")
+    e.add_argument("--out", type=Path, help="report directory (default: evals/<model>-<time>)")
+    e.add_argument("--num-fewshot", type=int, default=0, help="worked examples before each question (from the dev split)")
+    e.add_argument("--limit", type=int, help="only the first N items of each task")
+    e.add_argument("--prompt-language", choices=["en", "es", "pt"], help="prompt words in this language (default: the task's)")
+    e.add_argument("--batch-tokens", type=int, default=4096, help="tokens per forward pass")
+    e.add_argument("--seed", type=int, default=0, help="seed of few-shot draws and bootstrap intervals")
+    e.set_defaults(func=_eval)
+
+    c = sub.add_parser("compare", help="side-by-side table of two evaluations, with deltas and their significance")
+    c.add_argument("a", help="evaluation directory (or its report.json)")
+    c.add_argument("b")
+    c.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    c.set_defaults(func=_compare)
+
+    pp = sub.add_parser("pairs", help="build DPO preference pairs from a recipe's data or a data file; writes JSONL, prints counts")
+    pp.add_argument("source", help="recipe YAML (its data and align.pairs settings) or a data file")
+    pp.add_argument("--out", required=True, type=Path, help="JSONL file to write: id, prompt, chosen, rejected, strategy, …")
+    pp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    pp.add_argument("--loader", help="data file: loader name (default: inferred from the path)")
+    pp.add_argument("--strategy", action="append", choices=["same_focus", "corrupted", "sampled"],
+                    help="how rejected answers are made (repeatable; default: the recipe's, else same_focus and corrupted)")
+    pp.add_argument("--seed", type=int, help="seed of the pair builders' random choices")
+    pp.set_defaults(func=_pairs)
+
     d = sub.add_parser("data", help="inspect datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     st = dsub.add_parser("stats", help="counts per collection, question type and split, as JSON")
@@ -105,13 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     from medtune.data.report import DataError
+    from medtune.eval.tasks import TaskError
     from medtune.models import ModelNotAvailable
     from medtune.recipe import RecipeError
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (RecipeError, DataError, ModelNotAvailable) as exc:
+    except (RecipeError, DataError, ModelNotAvailable, TaskError) as exc:
         print(f"medtune {args.command}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
