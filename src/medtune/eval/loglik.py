@@ -14,6 +14,7 @@ Speed comes from three things, none of which changes a score:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -117,8 +118,20 @@ class OptionScorer:
 
         owner = [i for i, e in enumerate(batch) for _ in e.options]
         options = [o for e in batch for o in e.options]
-        cache = out.past_key_values
-        cache.batch_select_indices(torch.tensor(owner, device=dev))  # one copy of the prompt's keys per option
+        totals = [0.0] * len(options)
+        chunks = _length_chunks(options)
+        for rows in chunks:
+            # Each chunk of similar-length options continues from its own copy of the prompts' cache.
+            cache = copy.deepcopy(out.past_key_values) if len(chunks) > 1 else out.past_key_values
+            scores = self._continue(cache, first, ctx_mask, [owner[j] for j in rows], [options[j] for j in rows])
+            for j, v in zip(rows, scores):
+                totals[j] = v
+        return _regroup(totals, batch)
+
+    def _continue(self, cache, first: torch.Tensor, ctx_mask: torch.Tensor, owner: list[int], options: list[list[int]]) -> list[float]:
+        dev = self.device
+        owner_t = torch.tensor(owner, device=dev)
+        cache.batch_select_indices(owner_t)  # one copy of its prompt's keys and values per option
         span = max(len(o) for o in options)
         opt = torch.zeros(len(options), span, dtype=torch.long)
         opt_mask = torch.zeros(len(options), span, dtype=torch.long)
@@ -126,7 +139,6 @@ class OptionScorer:
             opt[j, : len(o)] = torch.tensor(o)
             opt_mask[j, : len(o)] = 1
         opt, opt_mask = opt.to(dev), opt_mask.to(dev)
-        owner_t = torch.tensor(owner, device=dev)
         lengths = ctx_mask.sum(-1)[owner_t]
         logits = self.model(
             input_ids=opt,
@@ -134,11 +146,14 @@ class OptionScorer:
             position_ids=lengths[:, None] + torch.arange(span, device=dev),
             past_key_values=cache,
             use_cache=True,
+            logits_to_keep=torch.arange(max(span - 1, 1), device=dev),  # the last position predicts nothing we score
         ).logits.float()
         # Token t+1 of an option is predicted at its position t; token 0 from the prompt's last position.
-        rest = logits[:, :-1].log_softmax(-1).gather(-1, opt[:, 1:, None]).squeeze(-1) * opt_mask[:, 1:]
-        totals = first[owner_t].gather(-1, opt[:, :1]).squeeze(-1) + rest.sum(-1)
-        return _regroup(totals.tolist(), batch)
+        totals = first[owner_t].gather(-1, opt[:, :1]).squeeze(-1)
+        if span > 1:
+            rest = logits.log_softmax(-1).gather(-1, opt[:, 1:, None]).squeeze(-1) * opt_mask[:, 1:]
+            totals = totals + rest.sum(-1)
+        return totals.tolist()
 
     def _score_seq2seq(self, batch: list[_Encoded]) -> list[list[float]]:
         dev = self.device
@@ -154,6 +169,20 @@ class OptionScorer:
         mask = labels != -100
         picked = logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
         return _regroup((picked * mask).sum(-1).tolist(), batch)
+
+
+def _length_chunks(options: list[list[int]], waste: float = 0.25) -> list[list[int]]:
+    """Option rows grouped by length (longest first) so padding stays under `waste` of each chunk."""
+    order = sorted(range(len(options)), key=lambda j: -len(options[j]))
+    chunks: list[list[int]] = []
+    for j in order:
+        if chunks:
+            rows = chunks[-1] + [j]
+            if len(rows) * len(options[rows[0]]) <= (1 + waste) * sum(len(options[r]) for r in rows):
+                chunks[-1] = rows
+                continue
+        chunks.append([j])
+    return chunks
 
 
 def _regroup(flat: list[float], batch: list[_Encoded]) -> list[list[float]]:
