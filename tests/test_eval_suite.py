@@ -90,3 +90,23 @@ def test_eval_cli_errors_name_the_problem(tiny_llama, data_dir, capsys):
     with pytest.raises(SystemExit):
         main(["eval", str(tiny_llama), "--tasks", "exam_pt"])
     assert "exam_pt=PATH" in capsys.readouterr().err
+
+
+def test_generation_task_on_a_medtext_file(tiny_llama, tmp_path):
+    import csv
+
+    path = tmp_path / "medtext.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Prompt", "Completion"])
+        for i in range(60):
+            w.writerow([f"A {20 + i}-year-old has gout in the knee {i} . What next ?", f"Treatment of gout includes rest and medicines {i} ."])
+    out = evaluate(tiny_llama, [f"medtext={path}"], out_dir=tmp_path / "ev", limit=2)
+    task = json.loads((out / "report.json").read_text())["tasks"]["medtext"]
+    assert task["kind"] == "generation" and task["n"] == 2
+    assert set(task["metrics"]) >= {"rouge1", "rougeL", "bleu", "chrf", "perplexity"}
+    assert 1 < task["metrics"]["perplexity"] < 2 * 300  # a random model over a 300-token vocabulary
+    assert task["perplexity_tokens"] > 2 * 10  # two answers of 10+ tokens each, plus end of turn
+    rows = [json.loads(line) for line in (out / "items" / "medtext.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["reference"].startswith("Treatment of gout") for r in rows)
+    assert "| medtext | 2 |" in (out / "report.md").read_text()
