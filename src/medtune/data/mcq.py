@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from medtune.data.loaders import load_source, register_loader
 from medtune.data.report import DataError, LoadReport
-from medtune.data.tabular import read_text
+from medtune.data.tabular import jsonl_objects, read_text
 from medtune.recipe import SourceConfig
 from medtune.records import QARecord
 
@@ -108,22 +108,8 @@ def _read_json(path: Path, report: LoadReport) -> Any:
 
 
 def _jsonl(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[Located]:
-    report.files_read += 1
-    # Split on "\n" only: str.splitlines() also splits on U+2028, which JSON allows in strings.
-    for line, text in enumerate(read_text(path).split("\n"), 1):
-        if not text.strip():
-            continue
-        report.rows_seen += 1
-        try:
-            item = json.loads(text)
-        except json.JSONDecodeError as exc:
-            reason = f"malformed JSON: {exc.msg} (column {exc.colno})"
-        else:
-            if isinstance(item, dict):
-                yield "line", line, "", item
-                continue
-            reason = f"expected an object, got a JSON {type(item).__name__}"
-        report.reject(DataError(path, reason, line=line), cfg.on_bad_row)
+    for line, item in jsonl_objects(path, cfg, report):
+        yield "line", line, "", item
 
 
 def _csv_rows(path: Path, report: LoadReport) -> Iterator[tuple[int, list[str]]]:

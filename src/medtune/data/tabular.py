@@ -134,10 +134,9 @@ def load_json(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QAR
             yield record
 
 
-@register_loader("jsonl")
-def load_jsonl(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+def jsonl_objects(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[tuple[int, dict]]:
+    """(line number, object) per JSON Lines line; a malformed line or a non-object is a bad row."""
     report.files_read += 1
-    mapper = _Mapper(path, cfg)
     # Split on "\n" only: str.splitlines() also splits on U+2028, which JSON allows in strings.
     for line, text in enumerate(read_text(path).split("\n"), 1):
         if not text.strip():
@@ -146,11 +145,17 @@ def load_jsonl(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QA
         try:
             item = json.loads(text)
         except json.JSONDecodeError as exc:
-            err = DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", line=line)
-            report.reject(err, cfg.on_bad_row)
+            report.reject(DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", line=line), cfg.on_bad_row)
             continue
-        if not isinstance(item, dict):
-            err = DataError(path, f"expected an object, got a JSON {type(item).__name__}", line=line)
-            report.reject(err, cfg.on_bad_row)
-        elif (record := mapper.record(item, report, line=line)) is not None:
+        if isinstance(item, dict):
+            yield line, item
+        else:
+            report.reject(DataError(path, f"expected an object, got a JSON {type(item).__name__}", line=line), cfg.on_bad_row)
+
+
+@register_loader("jsonl")
+def load_jsonl(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+    mapper = _Mapper(path, cfg)
+    for line, item in jsonl_objects(path, cfg, report):
+        if (record := mapper.record(item, report, line=line)) is not None:
             yield record
