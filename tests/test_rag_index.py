@@ -1,0 +1,132 @@
+"""Build, reload and search a small index with the real default embedder (offline from its wheel)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import qa_rows
+from medtune.data.report import DataError
+from medtune.models import ModelNotAvailable
+from medtune.rag.embedder import Embedder
+from medtune.rag.evaluate import batch_retrieve, evaluate_retrieval
+from medtune.rag.index import IndexMismatch, build_index, load_index
+from medtune.rag.passages import load_passages
+from medtune.rag.retrieve import Candidates, Fusion, Retriever, fuse
+
+
+@pytest.fixture(scope="module")
+def index(qa_jsonl, tmp_path_factory):
+    passages, report = load_passages(qa_jsonl)
+    out = tmp_path_factory.mktemp("rag") / "index"
+    build_index(passages, out, report=report, progress=False)
+    return load_index(out)
+
+
+def test_manifest_records_model_counts_and_threshold(index):
+    m = index.manifest
+    assert m["embedding"] == {"model": "sentence-transformers/all-MiniLM-L6-v2", "backend": "onnx-int8", "dim": 384, "max_seq_length": 128}
+    assert m["counts"]["passages"] == len(index) == len(qa_rows())
+    assert m["chunking"] == {"chunk_words": 250, "overlap": 50}
+    wr = m["weak_retrieval"]
+    assert wr["off_topic"]["p95"] < wr["threshold"] < wr["in_domain"]["p5"] and wr["balanced_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense"])
+def test_paraphrase_finds_the_right_passage(index, mode):
+    hits = Retriever(index, mode).search("how would i know if i have gout", k=3)
+    assert [h.rank for h in hits] == [1, 2, 3]
+    assert hits[0].id == "gout-symptoms" and hits[0].title == "gout" and hits[0].url == "https://example.org/gout"
+    assert hits[0].dense_score > 0.5 and hits[0].bm25_score > 0  # both scores, whatever the mode
+    assert hits[0].score >= hits[1].score
+
+
+def test_bm25_mode_ranks_by_bm25(index):
+    hits = Retriever(index, "bm25").search("psoriasis treatment medicines", k=4)
+    assert hits[0].id == "psoriasis-treatment"
+    assert [h.score for h in hits] == sorted((h.bm25_score for h in hits), reverse=True)
+    assert all(h.bm25_rank == h.rank for h in hits)
+    assert Retriever(index, "bm25").search("zzzz qqqq", k=3) == []  # no shared word: no BM25 result
+
+
+def test_search_batch_matches_search(index):
+    r = Retriever(index)
+    batch = r.search_batch(["what leads to rickets", "can lupus be cured"], k=2)
+    assert [[h.id for h in hits] for hits in batch] == [[h.id for h in r.search(q, 2)] for q in ("what leads to rickets", "can lupus be cured")]
+    assert batch[0][0].id == "rickets-causes" and batch[1][0].id == "lupus-treatment"
+
+
+def test_off_topic_query_is_not_confident(index):
+    r = Retriever(index)
+    assert not r.confident(r.search("What is the capital of France?"))
+    assert not r.confident(r.search("Best pizza recipe"))
+    assert r.confident(r.search("what are the signs of measles"))
+    assert not r.confident([])
+
+
+def test_other_embedder_is_refused(index):
+    with pytest.raises(IndexMismatch, match=r"all-MiniLM-L6-v2 \(onnx-int8.*all-MiniLM-L6-v2 \(torch"):
+        Retriever(index, embedder=Embedder(backend="torch"))
+
+
+def test_missing_models_fail_clearly(index):
+    with pytest.raises(ModelNotAvailable, match="no such model directory"):
+        Retriever(index, reranker="./no-such-reranker")
+    with pytest.raises(ValueError, match="unknown retrieval mode"):
+        Retriever(index, "sparse")
+
+
+def test_evaluate_and_batch_retrieve(index, tmp_path):
+    diseases = [r["focus"] for r in qa_rows() if r["qtype"] == "symptoms"]
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"id": d, "query": f"how would i know if i have {d}"}) + "\n" for d in diseases))
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("".join(f"{d} 0 {d}-symptoms 1\n" for d in diseases))
+    report = evaluate_retrieval(index, queries, qrels, tmp_path / "report", modes=("bm25", "dense", "hybrid"), progress=False)
+    assert report["judged_queries"] == 10
+    assert report["modes"]["dense"]["recall@10"] == report["modes"]["hybrid"]["recall@10"] == 1.0
+    assert report["modes"]["hybrid"]["mrr@10"] >= 0.9
+    assert report["modes"]["hybrid"]["latency_ms"]["p95"] > 0
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["modes"] == report["modes"]
+    assert "| hybrid |" in (tmp_path / "report" / "report.md").read_text()
+
+    out = batch_retrieve(index, queries, tmp_path / "ranked.jsonl", k=3, progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == diseases and all(len(r["ranked"]) == 3 for r in rows)
+    assert sum(r["ranked"][0] == f"{r['id']}-symptoms" for r in rows) >= 9
+
+    queries.write_text('{"id": "a", "query": "gout"}\nnot json\n')
+    with pytest.raises(DataError, match="queries.jsonl, line 2: not valid JSON"):
+        batch_retrieve(index, queries, tmp_path / "bad.jsonl")
+    queries.write_text('{"id": "a", "query": "gout"}\n')
+    qrels.write_text("a 0 unknown-passage 1\n")
+    with pytest.raises(DataError, match="none of its 1 relevant passage ids are in the index"):
+        evaluate_retrieval(index, queries, qrels)
+
+
+def test_rebuild_replaces_atomically(index, tmp_path):
+    passages = index.passages[:5]
+    out = build_index(passages, tmp_path / "ix", progress=False)
+    build_index(passages[:3], out, progress=False)
+    assert len(load_index(out)) == 3
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ix"]  # no staging or old copies left
+    with pytest.raises(FileNotFoundError, match="not a medtune retrieval index"):
+        load_index(tmp_path)
+
+
+def test_fusion_on_a_hand_computed_example():
+    # BM25 ranks passages 2, 0 (scores 8, 4); dense ranks 0, 1; passage 1 has no BM25 score.
+    c = Candidates(bm25=np.array([2, 0]), dense=np.array([0, 1]), bm25_scores=np.array([4.0, 0.0, 8.0]), query_vector=np.zeros(3))
+    cosine = {0: 0.8, 1: 0.7, 2: 0.5}
+    # convex, alpha 0.5: BM25 min-max over the pool {0, 1, 2} -> 0.5, 0, 1
+    convex = fuse(c, Fusion("convex", alpha=0.5, depth=2), cosine)
+    assert [i for i, _ in convex] == [2, 0, 1]
+    assert [s for _, s in convex] == pytest.approx([0.5 * 1 + 0.5 * 0.5, 0.5 * 0.5 + 0.5 * 0.8, 0.5 * 0.7])
+    # rrf, k=1: passage 0 is 2nd in BM25 and 1st in dense
+    rrf = fuse(c, Fusion("rrf", rrf_k=1, depth=2), cosine)
+    assert [i for i, _ in rrf] == [0, 2, 1]
+    assert [s for _, s in rrf] == pytest.approx([1 / 3 + 1 / 2, 1 / 2, 1 / 3])
+    # depth 1 keeps only each list's first: passage 1 is not a candidate
+    assert [i for i, _ in fuse(c, Fusion("convex", alpha=0.5, depth=1), cosine)] == [2, 0]
