@@ -1,0 +1,271 @@
+"""The medical safety layer: emergencies, refused dose changes and the not-medical-advice notice.
+
+Every rule and every user-facing message lives in `safety_rules.yaml` beside this module (its
+header explains how patterns and cues combine); this module validates that file and applies it.
+`SafetyRules.check(text)` says, in the question's language, which emergency advice must open
+the answer, whether the request is a dose change for an identified person (refused), and the
+notice that closes every answer.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medtune.rag.language import LANGUAGES, Language, detect_language
+
+DEFAULT_RULES = Path(__file__).with_name("safety_rules.yaml")
+REQUIRED_MESSAGES = ("notice", "no_sources", "unsupported", "ungrounded", "bad_citation", "sources_heading")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u00b4": "'", "`": "'"})
+
+
+def normalize(text: str) -> str:
+    """Accents stripped ("torácico" -> "toracico", "não" -> "nao"), apostrophes and spaces unified.
+
+    Case is kept so that a pattern can look for a capitalised name; matching ignores case otherwise.
+    """
+    decomposed = unicodedata.normalize("NFKD", text.translate(_APOSTROPHES))
+    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).split())
+
+
+def _compile(pattern: str) -> re.Pattern:
+    return re.compile(rf"\b(?:{normalize(pattern)})\b", re.IGNORECASE)
+
+
+# --- the file's schema ---------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Texts(_Strict):
+    """One message in every language."""
+
+    en: str = Field(min_length=1)
+    es: str = Field(min_length=1)
+    pt: str = Field(min_length=1)
+
+
+class Patterns(_Strict):
+    """Regexes per language; each must compile and every language needs at least one."""
+
+    en: list[str] = Field(min_length=1)
+    es: list[str] = Field(min_length=1)
+    pt: list[str] = Field(min_length=1)
+
+    @field_validator("en", "es", "pt")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            try:
+                _compile(p)
+            except re.error as exc:
+                raise ValueError(f"pattern {p!r} is not a valid regex: {exc}") from None
+        return patterns
+
+
+class Cues(_Strict):
+    personal: Patterns
+    urgency: Patterns
+    past: Patterns
+
+
+class EmergencyRule(_Strict):
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    category: str = Field(min_length=1)
+    severity: Literal["critical", "urgent"]
+    trigger: Literal["always", "in_context"] = "in_context"
+    message: str
+    patterns: Patterns
+
+
+class DoseChangeRule(_Strict):
+    message: str
+    near: int = Field(gt=0, description="most characters between a change and a medicine/dose word")
+    request: Patterns
+    change: Patterns
+    medication: Patterns
+    person: Patterns
+
+
+class RulesFile(_Strict):
+    version: Literal[1]
+    messages: dict[str, Texts]
+    cues: Cues
+    emergencies: list[EmergencyRule] = Field(min_length=1)
+    dose_change: DoseChangeRule
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RulesFile:
+        missing = [k for k in REQUIRED_MESSAGES if k not in self.messages]
+        if missing:
+            raise ValueError(f"messages: missing {', '.join(missing)}")
+        seen: set[str] = set()
+        for rule in self.emergencies:
+            if rule.id in seen:
+                raise ValueError(f"emergencies: duplicate id {rule.id!r}")
+            seen.add(rule.id)
+            if rule.message not in self.messages:
+                raise ValueError(f"emergencies[{rule.id}].message: no message {rule.message!r} in messages")
+        if self.dose_change.message not in self.messages:
+            raise ValueError(f"dose_change.message: no message {self.dose_change.message!r} in messages")
+        return self
+
+
+def _where(loc: tuple, data: dict) -> str:
+    """A pydantic error location with emergency rules named by id: emergencies[chest_pain].patterns.pt."""
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, int) and i > 0 and loc[i - 1] == "emergencies":
+            rules = data.get("emergencies") or []
+            rid = rules[part].get("id") if part < len(rules) and isinstance(rules[part], dict) else None
+            parts[-1] += f"[{rid or part}]"
+        else:
+            parts.append(str(part))
+    return ".".join(parts) or "(top level)"
+
+
+# --- applying the rules --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Emergency:
+    id: str
+    category: str
+    severity: str
+    message: str  # the advice, in the verdict's language
+
+
+@dataclass(frozen=True)
+class SafetyVerdict:
+    language: Language
+    notice: str
+    emergency: Emergency | None = None
+    refusal: str | None = None  # set when the text asks to change a dose for an identified person
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def compose(self, answer: str) -> str:
+        """The answer as the user must see it: emergency advice first, the notice last.
+
+        A refused request shows the refusal instead of the answer.
+        """
+        parts = [self.emergency.message if self.emergency else "", self.refusal or answer, self.notice]
+        return "\n\n".join(p.strip() for p in parts if p and p.strip())
+
+
+class SafetyRules:
+    """A validated rules file, compiled; build it with `load_rules`."""
+
+    def __init__(self, spec: RulesFile, source: str = "rules"):
+        self.spec = spec
+        self.source = source
+
+        def compiled(patterns: Patterns) -> dict[str, list[re.Pattern]]:
+            return {lang: [_compile(p) for p in getattr(patterns, lang)] for lang in LANGUAGES}
+
+        self._personal = compiled(spec.cues.personal)
+        self._urgency = compiled(spec.cues.urgency)
+        self._past = compiled(spec.cues.past)
+        self._emergencies = [(rule, compiled(rule.patterns)) for rule in spec.emergencies]
+        dose = spec.dose_change
+        self._request, self._change = compiled(dose.request), compiled(dose.change)
+        self._medication, self._person = compiled(dose.medication), compiled(dose.person)
+
+    def message(self, key: str, language: str) -> str:
+        if key not in self.spec.messages:
+            raise KeyError(f"{self.source}: no message {key!r}; known: {', '.join(sorted(self.spec.messages))}")
+        return getattr(self.spec.messages[key], _language(language))
+
+    def notice(self, language: str) -> str:
+        return self.message("notice", language)
+
+    def check(self, text: str, language: str | None = None) -> SafetyVerdict:
+        lang = _language(language) if language else detect_language(text)
+        norm = normalize(text)
+        # Every language's patterns are tried (with its own cues), so a misdetected language
+        # still triggers; the messages are in the detected one.
+        rule = next((r for r, patterns in self._emergencies if self._fires(r, patterns, norm)), None)
+        emergency = Emergency(rule.id, rule.category, rule.severity, self.message(rule.message, lang)) if rule else None
+        refused = any(self._dose_change(one, norm) for one in LANGUAGES)
+        return SafetyVerdict(
+            language=lang,
+            notice=self.notice(lang),
+            emergency=emergency,
+            refusal=self.message(self.spec.dose_change.message, lang) if refused else None,
+        )
+
+    def _fires(self, rule: EmergencyRule, patterns: dict[str, list[re.Pattern]], norm: str) -> bool:
+        for lang in LANGUAGES:
+            if not _any(patterns[lang], norm):
+                continue
+            if rule.trigger == "always":
+                return True
+            urgent = _any(self._urgency[lang], norm)
+            # A situation (someone, now) that is not history; urgency beats a past cue
+            # ("had a stroke in 2010 and now her face is drooping").
+            if (urgent or _any(self._personal[lang], norm)) and (urgent or not _any(self._past[lang], norm)):
+                return True
+        return False
+
+    def _dose_change(self, lang: str, norm: str) -> bool:
+        if not (_any(self._request[lang], norm) and _any(self._person[lang], norm)):
+            return False
+        # The change must be about a medicine: "lower back pain ... medication" is not a dose change.
+        changes = [m.span() for p in self._change[lang] for m in p.finditer(norm)]
+        medicines = [m.span() for p in self._medication[lang] for m in p.finditer(norm)]
+        near = self.spec.dose_change.near
+        return any(max(a0, b0) - min(a1, b1) <= near for a0, a1 in changes for b0, b1 in medicines)
+
+
+def _any(patterns: list[re.Pattern], text: str) -> bool:
+    return any(p.search(text) for p in patterns)
+
+
+def _language(language: str) -> Language:
+    if language not in LANGUAGES:
+        raise ValueError(f"language {language!r} is not supported; use one of {', '.join(LANGUAGES)}")
+    return language  # type: ignore[return-value]
+
+
+def load_rules(path: str | Path | None = None) -> SafetyRules:
+    """The packaged rules, or those of `path`; a malformed file raises ValueError naming the file and field."""
+    if path is None:
+        return _packaged_rules()
+    return _load(Path(path))
+
+
+@lru_cache(maxsize=1)
+def _packaged_rules() -> SafetyRules:
+    return _load(DEFAULT_RULES)
+
+
+def _load(path: Path) -> SafetyRules:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: safety rules file not found") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: safety rules are a YAML mapping, got {type(data).__name__}")
+    try:
+        spec = RulesFile.model_validate(data)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+            problems.append(f"  {_where(e['loc'], data)}: {msg}")
+        raise ValueError(
+            f"{path}: invalid safety rules ({err.error_count()} problem(s))\n" + "\n".join(problems)
+        ) from None
+    return SafetyRules(spec, source=str(path))
