@@ -70,7 +70,13 @@ class Predictor:
             kwargs.update(temperature=g.temperature, top_p=g.top_p)
         return kwargs
 
-    @torch.inference_mode()
+    def chat_prompts(self, conversations: list[list[dict]]) -> list[str]:
+        """Model input for whole conversations (OpenAI-style `role`/`content` messages)."""
+        if self.is_seq2seq or not self.tokenizer.chat_template:
+            # No chat format to follow: the messages' text in order, the last one templated.
+            return ["\n\n".join([m["content"] for m in c[:-1]] + [render_prompt(self.template, c[-1]["content"])]) for c in conversations]
+        return [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+
     def predict(self, questions: list[str] | str, *, batch_size: int = 8, progress: bool = False, **generation) -> list[str]:
         """Answers to `questions`, in order. `generation` overrides fields of GenerationConfig."""
         if isinstance(questions, str):
@@ -82,15 +88,24 @@ class Predictor:
         answers: list[str] = [""] * len(prompts)
         for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
             idx = order[start : start + batch_size]
-            # Chat templates already hold the special tokens (BOS, markers); seq2seq inputs need </s>.
-            enc = self.tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                                 add_special_tokens=self.is_seq2seq).to(self.model.device)
-            out = self.model.generate(**enc, **kwargs)
-            if not self.is_seq2seq:
-                out = out[:, enc["input_ids"].shape[1] :]
-            for i, text in zip(idx, self.tokenizer.batch_decode(out, skip_special_tokens=True)):
-                answers[i] = text.strip()
+            for i, text in zip(idx, self.generate([prompts[i] for i in idx], **kwargs)):
+                answers[i] = text
         return answers
+
+    def generate_chat(self, conversations: list[list[dict]], *, streamer=None, **generation) -> list[str]:
+        """One batched generate call over `conversations` (the caller forms the batch, e.g. a server
+        batching concurrent requests); `streamer` receives the new tokens of every row at each step."""
+        return self.generate(self.chat_prompts(conversations), streamer=streamer, **self._generate_kwargs(generation))
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], *, streamer=None, **kwargs) -> list[str]:
+        # Chat templates already hold the special tokens (BOS, markers); seq2seq inputs need </s>.
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
+                             add_special_tokens=self.is_seq2seq).to(self.model.device)
+        out = self.model.generate(**enc, **kwargs, streamer=streamer)
+        if not self.is_seq2seq:
+            out = out[:, enc["input_ids"].shape[1] :]
+        return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
 def find_model_dir(path: Path) -> Path:

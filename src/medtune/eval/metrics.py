@@ -49,11 +49,16 @@ def _segmenter(language: str):
     return pysbd.Segmenter(language=lang, clean=False)
 
 
+def split_sentences(text: str, language: str) -> list[str]:
+    """Sentences with pysbd's rules for the language (rouge-score's own splitter needs nltk data
+    that is not available offline)."""
+    sentences = (s.strip() for line in text.splitlines() for s in _segmenter(_base_language(language)).segment(line))
+    return [s for s in sentences if s]
+
+
 def _one_sentence_per_line(text: str, language: str) -> str:
-    # rougeLsum reads sentences from newlines; rouge-score's own splitter needs
-    # nltk punkt data, which is not available offline, so pysbd splits instead.
-    sentences = (s.strip() for s in _segmenter(language).segment(text))
-    return "\n".join(s for s in sentences if s)
+    # rougeLsum reads sentences from newlines.
+    return "\n".join(split_sentences(text, language))
 
 
 def _rouge(predictions: Sequence[str], references: Sequence[str], language: str) -> dict[str, float]:
