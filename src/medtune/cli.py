@@ -93,6 +93,47 @@ def _compare(args) -> None:
         print(json.dumps(rows, indent=2))
 
 
+def _index_build(args) -> None:
+    from medtune.rag.index import build_index
+    from medtune.rag.passages import load_passages
+
+    chunking = {k: v for k, v in {"chunk_words": args.chunk_words, "overlap": args.overlap}.items() if v is not None}
+    passages, report = load_passages(args.source, loader=args.loader, on_bad_row=args.on_bad_row, **chunking)
+    print(build_index(passages, args.out, embedder=args.embedder, backend=args.backend, report=report))
+
+
+def _ask(args) -> None:
+    from medtune.rag.answer import ask, retrieve
+
+    if args.retrieve_only:
+        hits = retrieve(args.question, args.index, k=args.k)
+        print(json.dumps(hits, indent=2, ensure_ascii=False))
+        return
+    ans = ask(args.question, index=args.index, model=args.model, k=args.k, language=args.language,
+              max_new_tokens=args.max_new_tokens)
+    print(json.dumps(ans.to_dict(), indent=2, ensure_ascii=False) if args.json else ans.text)
+
+
+def _retrieve(args) -> None:
+    from medtune.rag.evaluate import batch_retrieve
+
+    print(batch_retrieve(args.index, args.queries, args.out, k=args.k))
+
+
+def _eval_retrieval(args) -> None:
+    from medtune.rag.evaluate import evaluate_retrieval
+
+    out = evaluate_retrieval(args.index, args.queries, args.qrels, out_dir=args.out, mode=args.mode)
+    print((out / "report.md").read_text())
+    print(out)
+
+
+def _serve(args) -> None:
+    from medtune.serve import serve_from_args
+
+    serve_from_args(args.config, model=args.model, index=args.index, host=args.host, port=args.port, api_key=args.api_key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medtune", description="Build, evaluate and serve medical QA models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -155,6 +196,54 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how rejected answers are made (repeatable; default: the recipe's, else same_focus and corrupted)")
     pp.add_argument("--seed", type=int, help="seed of the pair builders' random choices")
     pp.set_defaults(func=_pairs)
+
+    ix = sub.add_parser("index", help="retrieval indexes over trusted sources")
+    ixsub = ix.add_subparsers(dest="index_command", required=True)
+    b = ixsub.add_parser("build", help="chunk, embed and index a QA or passage source (BM25 + dense); prints the index directory")
+    b.add_argument("source", help="MedQuAD folder, passage JSONL (id, text, title, url, source, lang) or any QA file")
+    b.add_argument("--out", required=True, type=Path, help="index directory to write")
+    b.add_argument("--loader", help="loader name for a QA file (default: inferred from the path)")
+    b.add_argument("--embedder", default="sentence-transformers/all-MiniLM-L6-v2", help="sentence-transformers model: hub id or local dir")
+    b.add_argument("--backend", default="onnx-int8", help="embedding backend: onnx-int8 (fast on CPU) or torch")
+    b.add_argument("--chunk-words", type=int, help="split longer passages into chunks of this many words (default 250)")
+    b.add_argument("--overlap", type=int, help="words shared by consecutive chunks (default 50)")
+    b.add_argument("--on-bad-row", choices=["error", "skip"], default="error", help="skip bad rows (counted in the manifest) instead of stopping")
+    b.set_defaults(func=_index_build)
+
+    a = sub.add_parser("ask", help="answer a question from an index's sources, citing them [1], [2] with their URLs")
+    a.add_argument("question")
+    a.add_argument("--index", type=Path, help="index directory (without one the answer is marked as not grounded)")
+    a.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="run directory, model directory or hub id")
+    a.add_argument("--k", type=int, default=4, help="passages given to the model")
+    a.add_argument("--language", choices=["en", "es", "pt"], help="answer language (default: the question's)")
+    a.add_argument("--max-new-tokens", type=int, default=256)
+    a.add_argument("--retrieve-only", action="store_true", help="print the ranked passages as JSON (id, score, url, text); no model")
+    a.add_argument("--json", action="store_true", help="print the answer, sources, support and safety verdict as JSON")
+    a.set_defaults(func=_ask)
+
+    r = sub.add_parser("retrieve", help='batch retrieval: {"id","query"} lines in, {"id","ranked":[passage ids]} lines out')
+    r.add_argument("--index", required=True, type=Path)
+    r.add_argument("--queries", required=True, type=Path, help="JSONL with id and query")
+    r.add_argument("--out", type=Path, help="JSONL to write (default: stdout)")
+    r.add_argument("--k", type=int, default=10)
+    r.set_defaults(func=_retrieve)
+
+    er = sub.add_parser("eval-retrieval", help="MRR@10, MAP@10, nDCG@10, recall@k and latency on queries + TREC qrels")
+    er.add_argument("--index", required=True, type=Path)
+    er.add_argument("--queries", required=True, type=Path, help="JSONL with id and query")
+    er.add_argument("--qrels", required=True, type=Path, help="TREC qrels: qid 0 docid relevance")
+    er.add_argument("--mode", default="hybrid", choices=["hybrid", "bm25", "dense"])
+    er.add_argument("--out", type=Path, help="report directory (default: evals/retrieval-<time>)")
+    er.set_defaults(func=_eval_retrieval)
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible server (/v1/chat/completions, /v1/models, /v1/retrieve) and web chat page")
+    sv.add_argument("config", nargs="?", help="serve config YAML (models, limits, API key)")
+    sv.add_argument("--model", help="serve this one model (run directory, model directory or hub id)")
+    sv.add_argument("--index", help="ground its answers in this index")
+    sv.add_argument("--host", help="address to listen on (default: the config's, else 127.0.0.1)")
+    sv.add_argument("--port", type=int, help="port (default: the config's, else 8000)")
+    sv.add_argument("--api-key", help="require Authorization: Bearer KEY (default: $MEDTUNE_API_KEY)")
+    sv.set_defaults(func=_serve)
 
     d = sub.add_parser("data", help="inspect datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
