@@ -53,6 +53,7 @@ def test_answer_taken_from_the_sources_is_grounded_and_lists_urls(answerer):
     assert ans.body == generated  # what a server streamed is not rewritten
     assert ans.support[0]["source"] == 1 and ans.support[0]["score"] >= answerer.min_support
     assert "[1] Noonan syndrome — https://ghr.nlm.nih.gov/condition/noonan-syndrome" in ans.tail
+    assert "\n\nSupported by [1].\n\n" in ans.tail
     assert ans.text.startswith(generated) and ans.text.rstrip().endswith(ans.safety["notice"])
     d = ans.to_dict()
     assert d["sources"][0]["url"].startswith("https://ghr.nlm.nih.gov") and "text" not in d["sources"][0]
@@ -61,7 +62,7 @@ def test_answer_taken_from_the_sources_is_grounded_and_lists_urls(answerer):
 def test_invented_answer_is_flagged_with_what_the_source_says(answerer):
     prep = answerer.prepare("What are the signs of Noonan syndrome?")
     ans = answerer.finish(prep, "The best treatment is to drink orange juice every morning and to sleep on the left side.")
-    assert not ans.grounded and ans.reason == "unsupported"
+    assert not ans.grounded and ans.reason == "unsupported" and "Supported by" not in ans.tail
     assert answerer.rules.message("unsupported", "en") in ans.tail
     assert "[1] Noonan syndrome is a condition that affects many areas of the body." in ans.tail
 
@@ -105,7 +106,7 @@ def test_without_an_index_the_answer_says_it_is_not_grounded():
     assert ans.reason == "no_index" and not ans.grounded and a.rules.message("ungrounded", "en") in ans.tail
 
 
-def test_ask_end_to_end_with_a_model(retriever, tiny_llama, tmp_path):
+def test_ask_end_to_end_with_a_model(tiny_llama, tmp_path):
     out = build_index(PASSAGES, tmp_path / "idx", progress=False)
     ans = ask("What are the symptoms of asthma?", index=out, model=str(tiny_llama), k=2, max_new_tokens=8)
     assert ans.sources[0].url == "https://www.nhlbi.nih.gov/health/asthma"

@@ -57,7 +57,7 @@ def test_bad_files_and_bad_overrides(tmp_path):
     with pytest.raises(RecipeError, match="recipe file not found"):
         load_recipe(tmp_path / "nope.yaml")
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
-    with pytest.raises(RecipeError, match="a recipe is a YAML mapping"):
+    with pytest.raises(RecipeError, match="a recipe file is a YAML mapping"):
         load_recipe(tmp_path / "list.yaml")
     with pytest.raises(RecipeError, match="expected dotted.key=value"):
         apply_overrides({}, ["train.learning_rate"])

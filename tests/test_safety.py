@@ -280,15 +280,12 @@ def test_shared_messages_in_three_languages(rules):
         rules.message("notice", "fr")
 
 
-def test_verdict_composes_advice_first_and_serialises(rules):
+def test_verdict_serialises(rules):
     v = rules.check("Estoy teniendo un infarto ahora mismo")
-    assert isinstance(v, SafetyVerdict) and v.language == "es"
-    text = v.compose("Respuesta.")
-    assert text.startswith(rules.message("emergency", "es")) and text.endswith(rules.notice("es"))
+    assert isinstance(v, SafetyVerdict) and v.language == "es" and v.emergency.message == rules.message("emergency", "es")
     d = json.loads(json.dumps(v.to_dict()))
     assert d["emergency"]["id"] == "chest_pain" and d["refusal"] is None and d["language"] == "es"
-    refused = rules.check("Should I increase John's insulin to 20 units?")
-    assert refused.compose("Yes, do it.") == refused.refusal + "\n\n" + refused.notice
+    assert d["notice"] == rules.notice("es")
 
 
 @pytest.mark.parametrize(

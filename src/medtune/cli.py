@@ -106,6 +106,8 @@ def _ask(args) -> None:
     from medtune.rag.answer import ask, retrieve
 
     if args.retrieve_only:
+        if not args.index:
+            raise SystemExit("medtune ask: --retrieve-only needs --index DIR")
         hits = retrieve(args.question, args.index, k=args.k)
         print(json.dumps(hits, indent=2, ensure_ascii=False))
         return
@@ -116,15 +118,33 @@ def _ask(args) -> None:
 
 def _retrieve(args) -> None:
     from medtune.rag.evaluate import batch_retrieve
+    from medtune.rag.index import load_index
 
-    print(batch_retrieve(args.index, args.queries, args.out, k=args.k))
+    print(batch_retrieve(load_index(args.index), args.queries, args.out, k=args.k, mode=args.mode))
 
 
 def _eval_retrieval(args) -> None:
-    from medtune.rag.evaluate import evaluate_retrieval
+    import time
 
-    out = evaluate_retrieval(args.index, args.queries, args.qrels, out_dir=args.out, mode=args.mode)
-    print((out / "report.md").read_text())
+    from medtune.rag.evaluate import evaluate_retrieval, to_markdown
+    from medtune.rag.index import load_index
+
+    index = load_index(args.index)
+    out = args.out or Path("evals") / f"retrieval-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.selftest:
+        from medtune.data import load_source
+        from medtune.rag.evaluate import build_medquad_selftest
+        from medtune.recipe import SourceConfig
+
+        records, _ = load_source(SourceConfig(loader="medquad", path=args.selftest))
+        paths = build_medquad_selftest(records, out / "selftest", **index.manifest["chunking"])["all"]
+        queries, qrels = paths["queries"], paths["qrels"]
+    elif args.queries and args.qrels:
+        queries, qrels = args.queries, args.qrels
+    else:
+        raise SystemExit("medtune eval-retrieval: give --queries and --qrels, or --selftest MEDQUAD_DIR")
+    report = evaluate_retrieval(index, queries, qrels, out, modes=args.modes.split(","))
+    print(to_markdown(report))
     print(out)
 
 
@@ -224,15 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("retrieve", help='batch retrieval: {"id","query"} lines in, {"id","ranked":[passage ids]} lines out')
     r.add_argument("--index", required=True, type=Path)
     r.add_argument("--queries", required=True, type=Path, help="JSONL with id and query")
-    r.add_argument("--out", type=Path, help="JSONL to write (default: stdout)")
+    r.add_argument("--out", required=True, type=Path, help="JSONL to write")
     r.add_argument("--k", type=int, default=10)
+    r.add_argument("--mode", default="hybrid", choices=["hybrid", "bm25", "dense"])
     r.set_defaults(func=_retrieve)
 
-    er = sub.add_parser("eval-retrieval", help="MRR@10, MAP@10, nDCG@10, recall@k and latency on queries + TREC qrels")
+    er = sub.add_parser("eval-retrieval", help="MRR@10, MAP@10, nDCG@10, recall@k and p50/p95 latency on queries + TREC qrels")
     er.add_argument("--index", required=True, type=Path)
-    er.add_argument("--queries", required=True, type=Path, help="JSONL with id and query")
-    er.add_argument("--qrels", required=True, type=Path, help="TREC qrels: qid 0 docid relevance")
-    er.add_argument("--mode", default="hybrid", choices=["hybrid", "bm25", "dense"])
+    er.add_argument("--queries", type=Path, help="JSONL with id and query")
+    er.add_argument("--qrels", type=Path, help="TREC qrels: qid 0 docid relevance")
+    er.add_argument("--selftest", metavar="MEDQUAD_DIR", help="instead: paraphrased MedQuAD questions, judged by their own answers")
+    er.add_argument("--modes", default="bm25,dense,hybrid", help="comma-separated: hybrid, bm25, dense")
     er.add_argument("--out", type=Path, help="report directory (default: evals/retrieval-<time>)")
     er.set_defaults(func=_eval_retrieval)
 
@@ -258,12 +280,13 @@ def main(argv: list[str] | None = None) -> None:
     from medtune.data.report import DataError
     from medtune.eval.tasks import TaskError
     from medtune.models import ModelNotAvailable
+    from medtune.rag.index import IndexMismatch
     from medtune.recipe import RecipeError
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (RecipeError, DataError, ModelNotAvailable, TaskError) as exc:
+    except (RecipeError, DataError, ModelNotAvailable, TaskError, IndexMismatch) as exc:
         print(f"medtune {args.command}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

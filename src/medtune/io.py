@@ -1,10 +1,12 @@
-"""Atomic writes: a crash or a kill never leaves a half-written result file behind."""
+"""Atomic writes (a crash or a kill never leaves a half-written result file behind), and YAML config reading."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +29,37 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def build_dir_atomic(target: Path, build: Callable[[Path], None], marker: str) -> Path:
+    """`target`, built once by `build(staging_dir)` and renamed into place; a folder holding `marker` is
+    complete. A concurrent builder that finished first wins, and a crash leaves no half-built folder."""
+    if (target / marker).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(staging)
+        os.replace(staging, target)
+    except OSError:
+        if not (target / marker).exists():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> dict:
+    """A YAML file that must hold a mapping (recipes, serve configs, rules); `error` names the file otherwise."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: a {what} is a YAML mapping, got {type(data).__name__}")
+    return data

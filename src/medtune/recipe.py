@@ -8,11 +8,12 @@ overridden from the command line with `--set dotted.key=value`.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medtune.io import read_yaml_mapping
 
 
 class RecipeError(ValueError):
@@ -220,13 +221,14 @@ class Recipe(_Strict):
         return self
 
 
-def _format_errors(err: ValidationError, origin: str) -> str:
-    lines = [f"{origin}: invalid recipe ({err.error_count()} problem(s))"]
+def format_errors(err: ValidationError, origin: str, what: str = "recipe") -> str:
+    """A pydantic error as one line per field: where, what is wrong, and what was given."""
+    lines = [f"{origin}: invalid {what} ({err.error_count()} problem(s))"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see recipes/ for examples)"
+            msg = "unknown field (check the spelling)"
         elif e["type"] == "missing":
             msg = "required field is missing"
         lines.append(f"  {where}: {msg} (got {e.get('input')!r})" if e["type"] != "missing" else f"  {where}: {msg}")
@@ -268,15 +270,7 @@ def _list_index(items: list, part: str, item: str) -> int:
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: recipe file not found") from None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "recipe file", RecipeError)
     return recipe_from_dict(apply_overrides(data, overrides or []), origin=str(path))
 
 
@@ -284,7 +278,7 @@ def recipe_from_dict(data: dict[str, Any], origin: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
-        raise RecipeError(_format_errors(err, origin)) from None
+        raise RecipeError(format_errors(err, origin)) from None
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -136,7 +136,10 @@ class Answerer:
         grounded = bool(support) and supported / len(support) >= self.min_supported
         cited = {int(n) for n in _CITATION.findall(body)}
         tail = ""
-        if not grounded:
+        if grounded:  # which sources back it, whether or not the model wrote its own [n]
+            backing = sorted({s["source"] for s in support if s["score"] >= self.min_support})
+            tail += f"\n\n{self.rules.message('supported_by', lang)} {', '.join(f'[{n}]' for n in backing)}."
+        else:
             # Show what the best source says, cited, next to the warning: the reader still gets facts.
             best = prep.sources[0]
             excerpt = " ".join(split_sentences(best.text, lang)[:2])

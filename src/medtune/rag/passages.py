@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 from medtune.data import load_source
 from medtune.data.loaders import infer_loader
-from medtune.data.report import DataError
+from medtune.data.report import DataError, LoadReport
+from medtune.data.tabular import jsonl_objects
 from medtune.recipe import SourceConfig
 from medtune.records import QARecord
 
@@ -112,38 +113,20 @@ def passages_from_records(
 def read_passages_jsonl(path: Path, report: PassageReport, on_bad_row: Literal["error", "skip"] = "error") -> list[Passage]:
     passages: list[Passage] = []
     ids: dict[str, int] = {}
-
-    def reject(line: int, reason: str) -> None:
-        err = DataError(path, reason, line=line)
-        if on_bad_row == "error":
-            raise err
-        report.skipped.append({"file": str(path), "row": line, "reason": reason})
-
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            report.records += 1
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                reject(line_no, f"not valid JSON: {exc.msg} (column {exc.colno})")
-                continue
-            if not isinstance(row, dict):
-                reject(line_no, f"expected a JSON object, got {type(row).__name__}")
-                continue
-            pid, text = str(row.get("id") or "").strip(), str(row.get("text") or "").strip()
-            if not pid:
-                reject(line_no, "missing 'id'")
-            elif not text:
-                reject(line_no, f"passage {pid!r} has empty 'text'")
-            elif pid in ids:
-                reject(line_no, f"duplicate id {pid!r} (first on line {ids[pid]})")
-            else:
-                ids[pid] = line_no
-                extra = {k: str(row[k]) for k in PASSAGE_FIELDS[2:] if row.get(k) is not None}
-                passages.append(Passage(id=pid, text=text, **extra))
-    report.passages = len(passages)
+    read = LoadReport(source=str(path), loader="passages")  # counts and rejects bad lines as the QA loaders do
+    for line_no, row in jsonl_objects(path, SourceConfig(loader="passages", path=str(path), on_bad_row=on_bad_row), read):
+        pid, text = str(row.get("id") or "").strip(), str(row.get("text") or "").strip()
+        if not pid:
+            read.reject(DataError(path, "missing 'id'", line=line_no), on_bad_row)
+        elif not text:
+            read.reject(DataError(path, f"passage {pid!r} has empty 'text'", line=line_no), on_bad_row)
+        elif pid in ids:
+            read.reject(DataError(path, f"duplicate id {pid!r} (first on line {ids[pid]})", line=line_no), on_bad_row)
+        else:
+            ids[pid] = line_no
+            extra = {k: str(row[k]) for k in PASSAGE_FIELDS[2:] if row.get(k) is not None}
+            passages.append(Passage(id=pid, text=text, **extra))
+    report.records, report.skipped, report.passages = read.rows_seen, read.skipped, len(passages)
     return passages
 
 

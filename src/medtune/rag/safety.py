@@ -16,13 +16,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medtune.io import read_yaml_mapping
 from medtune.rag.language import LANGUAGES, Language, detect_language
 
 DEFAULT_RULES = Path(__file__).with_name("safety_rules.yaml")
-REQUIRED_MESSAGES = ("notice", "no_sources", "unsupported", "ungrounded", "bad_citation", "sources_heading")
+REQUIRED_MESSAGES = ("notice", "no_sources", "unsupported", "ungrounded", "supported_by", "bad_citation", "sources_heading")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u00b4": "'", "`": "'"})
 
 
@@ -154,14 +154,6 @@ class SafetyVerdict:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def compose(self, answer: str) -> str:
-        """The answer as the user must see it: emergency advice first, the notice last.
-
-        A refused request shows the refusal instead of the answer.
-        """
-        parts = [self.emergency.message if self.emergency else "", self.refusal or answer, self.notice]
-        return "\n\n".join(p.strip() for p in parts if p and p.strip())
-
 
 class SafetyRules:
     """A validated rules file, compiled; build it with `load_rules`."""
@@ -250,14 +242,7 @@ def _packaged_rules() -> SafetyRules:
 
 
 def _load(path: Path) -> SafetyRules:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: safety rules file not found") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: safety rules are a YAML mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "safety rules file")
     try:
         spec = RulesFile.model_validate(data)
     except ValidationError as err:

@@ -7,13 +7,12 @@ client cannot make the server load anything it was not configured with.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medtune.recipe import GenerationConfig, RecipeError
+from medtune.io import read_yaml_mapping
+from medtune.recipe import GenerationConfig, RecipeError, format_errors
 
 
 class ServeConfigError(RecipeError):
@@ -81,22 +80,8 @@ def config_from_dict(data: dict, origin: str = "serve config") -> ServeConfig:
     try:
         return ServeConfig.model_validate(data)
     except ValidationError as err:
-        lines = [f"{origin}: invalid serve config ({err.error_count()} problem(s))"]
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            msg = "unknown field (check the spelling)" if e["type"] == "extra_forbidden" else e["msg"]
-            lines.append(f"  {where}: {msg}")
-        raise ServeConfigError("\n".join(lines)) from None
+        raise ServeConfigError(format_errors(err, origin, "serve config")) from None
 
 
 def load_config(path: str | os.PathLike) -> ServeConfig:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ServeConfigError(f"{path}: serve config not found") from None
-    except yaml.YAMLError as exc:
-        raise ServeConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ServeConfigError(f"{path}: a serve config is a YAML mapping, got {type(data).__name__}")
-    return config_from_dict(data, origin=str(path))
+    return config_from_dict(read_yaml_mapping(path, "serve config", ServeConfigError), origin=str(path))
