@@ -35,3 +35,33 @@ def test_testing_module_builds_a_loadable_t5(qa_jsonl, tmp_path):
     from medtune.models import resolve_model
 
     assert resolve_model(str(tmp_path / "t5")).kind == "seq2seq"
+
+
+def test_index_build_retrieve_and_evaluate_from_the_command_line(tmp_path):
+    passages = tmp_path / "passages.jsonl"
+    rows = [{"id": f"p{d}", "text": f"{d.capitalize()} is a disease. Its symptoms include pain and fever.", "title": d,
+             "url": f"https://example.org/{d}"} for d in DISEASES]
+    passages.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    index = tmp_path / "index"
+    proc = _run("-m", "medtune.cli", "index", "build", str(passages), "--out", str(index))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((index / "manifest.json").read_text())["counts"]["passages"] == len(DISEASES)
+
+    proc = _run("-m", "medtune.cli", "ask", "what are the symptoms of gout", "--index", str(index), "--retrieve-only", "--k", "2")
+    assert proc.returncode == 0, proc.stderr
+    hits = json.loads(proc.stdout)
+    assert hits[0]["id"] == "pgout" and hits[0]["url"] == "https://example.org/gout" and len(hits) == 2
+
+    queries, qrels, ranked = tmp_path / "q.jsonl", tmp_path / "qrels.txt", tmp_path / "ranked.jsonl"
+    queries.write_text(json.dumps({"id": "q1", "query": "gout symptoms"}) + "\n" + json.dumps({"id": "q2", "query": "lupus"}) + "\n")
+    qrels.write_text("q1 0 pgout 1\nq2 0 plupus 1\n")
+    proc = _run("-m", "medtune.cli", "retrieve", "--index", str(index), "--queries", str(queries), "--out", str(ranked), "--k", "3")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in ranked.read_text().splitlines()]
+    assert [x["id"] for x in lines] == ["q1", "q2"] and lines[0]["ranked"][0] == "pgout" and len(lines[0]["ranked"]) == 3
+
+    proc = _run("-m", "medtune.cli", "eval-retrieval", "--index", str(index), "--queries", str(queries), "--qrels", str(qrels),
+                "--out", str(tmp_path / "eval"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["modes"]["hybrid"]["recall@1"] == 1.0 and set(report["modes"]) == {"bm25", "dense", "hybrid"}
