@@ -25,7 +25,7 @@ from medtune.eval.report import plot_loss_curve, write_report
 from medtune.io import write_atomic
 from medtune.models import resolve_model
 from medtune.predict import Predictor, write_model_card
-from medtune.recipe import Recipe, dump_recipe
+from medtune.recipe import Recipe, RecipeError, dump_recipe
 from medtune.train.common import cpu_only, fit
 from medtune.train.lora import check_method, quantization_config
 from medtune.train.seq2seq import build_seq2seq_trainer
@@ -53,6 +53,8 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, ca
     m = recipe.model
     start = resolve_start(m, method=recipe.train.method) if recipe.align else Start(resolve_model(m.name_or_path, m.kind, m.revision))
     resolved = start.base
+    if recipe.train.objective == "pretrain" and resolved.kind == "seq2seq":
+        raise RecipeError(f"train.objective: pretrain is continued pre-training of causal LMs; {resolved.ref} is seq2seq")
     if main:
         print(f"model: {start.describe()}", file=sys.stderr, flush=True)
     run_dir = Path(run_dir) if run_dir else new_run_dir(recipe)
@@ -67,7 +69,8 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, ca
         build = build_seq2seq_trainer if resolved.kind == "seq2seq" else build_sft_trainer
         trainer = build(recipe, model, tokenizer, data.splits, run_dir, callbacks=callbacks)
 
-    before = _evaluate(trainer, tokenizer, recipe, data.splits, generate=recipe.eval.compare_before) if main else {}
+    answers_questions = recipe.train.objective == "sft"  # pretrain: plain text, nothing to generate answers for
+    before = _evaluate(trainer, tokenizer, recipe, data.splits, generate=recipe.eval.compare_before and answers_questions) if main else {}
     result = fit(trainer, resume=resume)
 
     adapter = recipe.train.method != "full"
@@ -77,7 +80,7 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, ca
     if main:
         p = recipe.prompt
         write_model_card(model_dir, template=p.template, system=p.system, generation=recipe.eval.generation, resolved=resolved, adapter=adapter)
-        after = _evaluate(trainer, tokenizer, recipe, data.splits, generate=True)
+        after = _evaluate(trainer, tokenizer, recipe, data.splits, generate=answers_questions)
         if recipe.align:
             after["metrics"] |= _final_rewards(result.log_history)
         _write_predictions(run_dir / "predictions.jsonl", after.pop("predictions", []))

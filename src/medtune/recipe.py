@@ -11,7 +11,7 @@ import os
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from medtune.io import read_yaml_mapping
 
@@ -84,6 +84,10 @@ class LoraConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    objective: Literal["sft", "pretrain"] = Field(
+        "sft", description="sft: loss on the answers of chat-formatted QA pairs; pretrain: continued pre-training, "
+                           "loss on every token of plain text (text sources; QA records become question + answer)"
+    )
     method: Literal["full", "lora", "qlora"] = Field(
         "full", description="full fine-tuning, LoRA adapters, or LoRA on a 4-bit NF4 base (CUDA only)"
     )
@@ -208,8 +212,12 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _align_fits(self) -> Recipe:
+        if self.train.objective == "pretrain" and self.model.kind == "seq2seq":
+            raise ValueError("train.objective: pretrain is continued pre-training of causal LMs; model.kind is seq2seq")
         if self.align is None:
             return self
+        if self.train.objective == "pretrain":
+            raise ValueError("align: DPO needs question-answer pairs; set train.objective: sft")
         if self.model.kind == "seq2seq":
             raise ValueError("align: DPO trains causal LMs; model.kind is seq2seq")
         if self.train.packing:
@@ -283,3 +291,93 @@ def recipe_from_dict(data: dict[str, Any], origin: str = "recipe") -> Recipe:
 
 def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# Merging: a recipe of its own (a merge reads no data and trains nothing), loaded by load_merge_recipe.
+TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
+
+
+class MergeSource(_Strict):
+    model: str = Field(description="hub id, local model directory or medtune run directory")
+    revision: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        # `- BioMistral/BioMistral-7B` names the model only.
+        return {"model": v} if isinstance(v, str) else v
+
+
+class MergeModel(MergeSource):
+    weight: float = Field(1.0, description="linear: share of the average; task-vector methods: scale of its task vector")
+    density: float = Field(1.0, gt=0, le=1, description="ties / dare_*: share of its task vector kept")
+
+
+class MergeConfig(_Strict):
+    """Which models to merge and how; every model must share the base's architecture and vocabulary."""
+
+    method: Literal["linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
+    models: list[MergeModel] = Field(min_length=1)
+    base_model: MergeSource | None = Field(
+        None, validate_default=True, description="task-vector methods: the model every task vector is taken from"
+    )
+    t: float | None = Field(None, ge=0, le=1, validate_default=True, description="slerp: 0 = first model, 1 = second")
+    majority_sign: Literal["total", "frequency"] = Field(
+        "total", description="ties / dare_ties: elect each element's sign by summed value or by vote count"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="of the saved weights (math is fp32)")
+    seed: int = Field(0, description="dare_*: seed of the random drops")
+    shard_size_mb: float = Field(2000, gt=0, description="start a new output shard after this many MB")
+    backend: Literal["medtune", "mergekit"] = Field("medtune", description="mergekit: `pip install mergekit` first")
+
+    @field_validator("models")
+    @classmethod
+    def _models_fit_method(cls, v: list[MergeModel], info: ValidationInfo) -> list[MergeModel]:
+        method = info.data.get("method")
+        if method == "slerp" and len(v) != 2:
+            raise ValueError(f"slerp interpolates between exactly two models (got {len(v)})")
+        if method == "linear" and len(v) < 2:
+            raise ValueError("linear averages two or more models")
+        if method == "linear" and any(m.weight <= 0 for m in v):
+            raise ValueError("linear: every weight must be positive (weights are normalized to sum to 1)")
+        if method == "slerp" and any(m.weight != 1 for m in v):
+            raise ValueError("slerp: set t, not per-model weights")
+        if method not in ("ties", "dare_ties", "dare_linear") and any(m.density != 1 for m in v):
+            raise ValueError(f"density applies to ties, dare_ties and dare_linear only (method is {method})")
+        return v
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_fits_method(cls, v: MergeSource | None, info: ValidationInfo) -> MergeSource | None:
+        method, models = info.data.get("method"), info.data.get("models")
+        if method in TASK_VECTOR_METHODS and v is None:
+            raise ValueError(f"{method} merges task vectors (model - base): set base_model")
+        if method in ("linear", "slerp") and v is not None:
+            raise ValueError(f"{method} combines the models themselves and takes no base_model; list it under models")
+        if v is not None and models and all(m.model == v.model for m in models):
+            raise ValueError("every model is the base; list at least one other model")
+        return v
+
+    @field_validator("t")
+    @classmethod
+    def _t_for_slerp(cls, v: float | None, info: ValidationInfo) -> float | None:
+        method = info.data.get("method")
+        if method == "slerp" and v is None:
+            raise ValueError("slerp needs t (0 = first model, 1 = second)")
+        if method not in ("slerp", None) and v is not None:
+            raise ValueError(f"t applies to slerp only (method is {method})")
+        return v
+
+
+class MergeRecipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    merge: MergeConfig
+    output_dir: str = Field("runs", description="the merged model goes to OUTPUT_DIR/NAME-YYYYmmdd-HHMMSS")
+
+
+def load_merge_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> MergeRecipe:
+    data = apply_overrides(read_yaml_mapping(path, "merge recipe file", RecipeError), overrides or [])
+    try:
+        return MergeRecipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(format_errors(err, str(path), "merge recipe")) from None

@@ -3,8 +3,9 @@
 Every loader yields `QARecord`s; every later stage (training, alignment, evaluation,
 retrieval) reads them back from a `datasets.Dataset` whose columns are `QA_COLUMNS`.
 The same record carries an open question (question, answer), a multiple-choice item
-(plus `options` and `answer_index`, with `answer` the right option's text) and a preference
-pair (plus `rejected`, with `answer` the chosen one).
+(plus `options` and `answer_index`, with `answer` the right option's text), a preference
+pair (plus `rejected`, with `answer` the chosen one) and a plain-text document for continued
+pre-training (no question, the text as `answer`).
 """
 
 from __future__ import annotations

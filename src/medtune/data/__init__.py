@@ -2,7 +2,7 @@
 
 # Importing the loader modules registers them.
 from medtune.data import chat  # noqa: F401  (ai_medical_chatbot, chatdoctor, medtext)
-from medtune.data import medquad, tabular  # noqa: F401
+from medtune.data import medquad, tabular, text  # noqa: F401  (text: plain text for pretraining)
 from medtune.data import mcq  # noqa: F401  (multiple-choice exams: headqa, medqa, mmlu, ...)
 from medtune.data import pairs  # noqa: F401  (ready-made preference pairs)
 from medtune.data.loaders import LOADERS, infer_loader, load_source, register_loader

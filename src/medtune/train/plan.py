@@ -88,6 +88,7 @@ def plan(recipe: Recipe) -> dict:
     return {
         "model": described,
         "kind": kind,
+        "objective": t.objective,
         "method": t.method,
         "needs_cuda": t.method == "qlora",
         "data": {"splits": data.report["sizes"], "sources": {k: v["records"] for k, v in data.report["sources"].items()},

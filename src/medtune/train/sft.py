@@ -1,8 +1,11 @@
-"""Causal-LM supervised fine-tuning with TRL's SFTTrainer on chat-formatted QA pairs.
+"""Causal-LM training with TRL's SFTTrainer: supervised fine-tuning on chat-formatted QA pairs, or
+continued pre-training on plain text.
 
-Each record becomes a prompt (optional system message + the user's question in the recipe's
+sft: each record becomes a prompt (optional system message + the user's question in the recipe's
 template) and a completion (the assistant's answer). TRL renders both with the tokenizer's chat
 template and masks the prompt, so the loss falls on the answer and its end-of-turn token only.
+pretrain: each record is one text (a text source's passage, or a QA pair's question and answer)
+followed by EOS, with the loss on every token; sources mixed by weight give Meditron-style replay.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from medtune.prompts import chat_messages
-from medtune.recipe import Recipe
+from medtune.recipe import Recipe, RecipeError
 from medtune.train.common import CountTokens, trainer_setup
 from medtune.train.lora import peft_config
 
@@ -41,6 +44,21 @@ def to_chat(ds: datasets.Dataset, template: str, system: str | None) -> datasets
         }
 
     return ds.map(convert, remove_columns=ds.column_names, desc="chat format")
+
+
+def to_text(ds: datasets.Dataset) -> datasets.Dataset:
+    def convert(row):
+        return {"text": f"{row['question']}\n\n{row['answer']}" if row["question"] else row["answer"]}
+
+    return ds.map(convert, remove_columns=ds.column_names, desc="plain text")
+
+
+def _check_questions(splits: datasets.DatasetDict) -> None:
+    """Plain-text records (no question) have nothing to answer: they belong to a pretrain run."""
+    for name, ds in splits.items():
+        if n := sum(not q for q in ds["question"]):
+            raise RecipeError(f"data: {n} {name} records have no question (plain text, e.g. loader: text); "
+                              "train on them with train.objective: pretrain")
 
 
 def prepare_tokenizer(tokenizer, model) -> list[int]:
@@ -83,21 +101,25 @@ def build_sft_trainer(
     new_tokens = prepare_tokenizer(tokenizer, model)
     has_eval = len(splits.get("validation", [])) > 0
     common, tracking_callbacks = trainer_setup(recipe, run_dir, model, has_eval=has_eval)
+    pretrain = t.objective == "pretrain"
+    if not pretrain:
+        _check_questions(splits)
     args = SFTConfig(
         **common,
         max_length=t.max_length,
         packing=t.packing,
         eval_packing=False,  # held-out perplexity is measured per example
-        completion_only_loss=True,
+        completion_only_loss=not pretrain,
         eos_token=tokenizer.eos_token,
     )
+    convert = to_text if pretrain else (lambda ds: to_chat(ds, p.template, p.system))
     if t.packing:
         args.train_sampling_strategy = "random"  # packed rows have equal length already
     return SFTTrainerWithTokens(
         model=model,
         args=args,
-        train_dataset=to_chat(splits["train"], p.template, p.system),
-        eval_dataset=to_chat(splits["validation"], p.template, p.system) if has_eval else None,
+        train_dataset=convert(splits["train"]),
+        eval_dataset=convert(splits["validation"]) if has_eval else None,
         processing_class=tokenizer,
         peft_config=peft_config(recipe, "CAUSAL_LM", new_tokens),
         callbacks=tracking_callbacks + (callbacks or []),
