@@ -55,6 +55,13 @@ def _merge_adapter(args) -> None:
     print(merge_adapter(args.run_dir, args.out))
 
 
+def _merge(args) -> None:
+    from medtune.merge.merge import merge_models
+    from medtune.recipe import load_merge_recipe
+
+    print(merge_models(load_merge_recipe(args.recipe, args.set), args.out))
+
+
 def _pairs(args) -> None:
     from medtune.align import make_pairs
 
@@ -187,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, type=Path, help="directory for the standalone merged model")
     m.set_defaults(func=_merge_adapter)
 
+    mg = sub.add_parser("merge", help="merge models of one architecture (linear, slerp, task arithmetic, ties, dare); prints the output folder")
+    mg.add_argument("recipe", help="merge recipe YAML (see recipes/seed001-ties-merge.yaml)")
+    mg.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field, e.g. merge.models.0.density=0.3")
+    mg.add_argument("--out", type=Path, help="output folder (default: output_dir/<name>-<time>)")
+    mg.set_defaults(func=_merge)
+
     e = sub.add_parser("eval", help="score a run or model on benchmark tasks; writes report.json/.md and charts")
     e.add_argument("model", help="run directory, model directory or hub id")
     e.add_argument("--tasks", required=True, help="comma-separated task names, NAME=PATH to point one at a file "
@@ -276,17 +289,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors in what the user gave (recipe, data, model reference, index…): one clear line, no traceback.
+    Imported only when something failed, so that `medtune --help` does not load torch."""
     from medtune.data.report import DataError
     from medtune.eval.tasks import TaskError
+    from medtune.merge.merge import MergeError
     from medtune.models import ModelNotAvailable
     from medtune.rag.index import IndexMismatch
     from medtune.recipe import RecipeError
 
+    return RecipeError, DataError, ModelNotAvailable, TaskError, IndexMismatch, MergeError
+
+
+def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (RecipeError, DataError, ModelNotAvailable, TaskError, IndexMismatch) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         print(f"medtune {args.command}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -328,7 +328,7 @@ class MergeConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="of the saved weights (math is fp32)")
     seed: int = Field(0, description="dare_*: seed of the random drops")
     shard_size_mb: float = Field(2000, gt=0, description="start a new output shard after this many MB")
-    backend: Literal["medtune", "mergekit"] = Field("medtune", description="mergekit: `pip install mergekit` first")
+    backend: Literal["medtune", "mergekit"] = Field("medtune", description="mergekit: pip install mergekit==0.1.5 first")
 
     @field_validator("models")
     @classmethod
@@ -366,6 +366,13 @@ class MergeConfig(_Strict):
             raise ValueError("slerp needs t (0 = first model, 1 = second)")
         if method not in ("slerp", None) and v is not None:
             raise ValueError(f"t applies to slerp only (method is {method})")
+        return v
+
+    @field_validator("backend")
+    @classmethod
+    def _mergekit_signs(cls, v: str, info: ValidationInfo) -> str:
+        if v == "mergekit" and info.data.get("majority_sign") == "frequency":
+            raise ValueError("mergekit elects signs by sum only; majority_sign: frequency needs backend: medtune")
         return v
 
 

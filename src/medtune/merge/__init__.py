@@ -1,1 +1,1 @@
-"""Merge stage: fold adapters into their base (and, later, merge several models into one)."""
+"""Merge stage: fold a LoRA adapter into its base (`adapter`), and merge several models into one (`merge`, `methods`)."""
