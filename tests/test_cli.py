@@ -65,3 +65,15 @@ def test_index_build_retrieve_and_evaluate_from_the_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["modes"]["hybrid"]["recall@1"] == 1.0 and set(report["modes"]) == {"bm25", "dense", "hybrid"}
+
+
+def test_translate_from_the_command_line_marks_and_keeps_every_record(qa_jsonl, tiny_llama, tmp_path):
+    out = tmp_path / "qa_es.jsonl"
+    proc = _run("-m", "medtune.cli", "translate", str(qa_jsonl), "--to", "es", "--out", str(out), "--model", str(tiny_llama),
+                "--kind", "llm", "--max-new-tokens", "4", "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == report["records"] == len(DISEASES) * len(QTYPES)  # flagged ones are kept and counted, not dropped
+    assert all(r["machine_translated"] and r["language"] == "es" and r["translated_from"] == "en" for r in rows)
+    assert sorted(r["id"] for r in rows) == sorted(f"{d}-{q}" for d in DISEASES for q in QTYPES)

@@ -69,6 +69,26 @@ def _pairs(args) -> None:
     print(json.dumps(report, indent=2, ensure_ascii=False))
 
 
+def _translate(args) -> None:
+    from medtune.data.translate import translate_file
+
+    report = translate_file(args.source, args.out, args.to, model=args.model, kind=args.kind, loader=args.loader,
+                            fields=tuple(args.fields.split(",")), batch_size=args.batch_size,
+                            generation={"max_new_tokens": args.max_new_tokens}, min_length_ratio=args.min_length_ratio,
+                            drop_flagged=args.drop_flagged, on_bad_row=args.on_bad_row, cache_dir=args.cache_dir)
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+def _synth(args) -> None:
+    from medtune.data.synth import synthesize
+
+    report = synthesize(args.source, args.out, model=args.model, language=args.lang, per_passage=args.per_passage,
+                        loader=args.loader, max_passages=args.max_passages, min_support=args.min_support,
+                        generation={"max_new_tokens": args.max_new_tokens}, on_bad_row=args.on_bad_row,
+                        cache_dir=args.cache_dir)
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
 def _data_stats(args) -> None:
     from medtune.data import data_stats
 
@@ -279,6 +299,37 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, help="port (default: the config's, else 8000)")
     sv.add_argument("--api-key", help="require Authorization: Bearer KEY (default: $MEDTUNE_API_KEY)")
     sv.set_defaults(func=_serve)
+
+    tr = sub.add_parser("translate", help="machine-translate an English QA dataset to Spanish or Portuguese (cached, resumable, checked)")
+    tr.add_argument("source", help="any QA file or folder medtune loads")
+    tr.add_argument("--to", required=True, choices=["es", "pt"])
+    tr.add_argument("--out", required=True, type=Path, help="JSONL of records, marked machine_translated, with mt_flags")
+    tr.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct",
+                    help="translation model (Marian, NLLB, M2M100) or instruction-tuned LLM: hub id or local dir")
+    tr.add_argument("--kind", default="auto", choices=["auto", "seq2seq", "llm"])
+    tr.add_argument("--loader", help="loader name (default: inferred from the path)")
+    tr.add_argument("--fields", default="question,answer", help="record fields to translate, comma-separated")
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--max-new-tokens", type=int, default=256)
+    tr.add_argument("--min-length-ratio", type=float, default=0.5, help="flag translations shorter than this share of the source")
+    tr.add_argument("--drop-flagged", action="store_true", help="leave flagged records out (they are counted either way)")
+    tr.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
+    tr.add_argument("--cache-dir", type=Path, help="translation cache (default: ~/.cache/medtune/generations)")
+    tr.set_defaults(func=_translate)
+
+    sy = sub.add_parser("synth", help="generate question-answer pairs from medical passages with an LLM (deduplicated, support-filtered)")
+    sy.add_argument("source", help="passage JSONL (text or raw_text), e.g. ../shared/data/es_clinical_text/cares_es.jsonl, or a QA file")
+    sy.add_argument("--out", required=True, type=Path, help="JSONL of records; OUT.provenance.json is written beside it")
+    sy.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="instruction-tuned LLM: hub id or local dir")
+    sy.add_argument("--lang", choices=["en", "es", "pt"], help="language of the passages and pairs (default: the source's)")
+    sy.add_argument("--per-passage", type=int, default=1)
+    sy.add_argument("--max-passages", type=int)
+    sy.add_argument("--min-support", type=float, default=0.7, help="share of the answer's content words found in the passage")
+    sy.add_argument("--loader", help="passages, or a QA loader name (default: inferred)")
+    sy.add_argument("--max-new-tokens", type=int, default=256)
+    sy.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
+    sy.add_argument("--cache-dir", type=Path, help="generation cache (default: ~/.cache/medtune/generations)")
+    sy.set_defaults(func=_synth)
 
     d = sub.add_parser("data", help="inspect datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)

@@ -9,15 +9,11 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from functools import lru_cache
+
+from medtune.sentences import base_language, split_sentences
 
 ALLOWED_METRICS = ("rouge", "bleu", "chrf")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-
-# pysbd has no Portuguese rules; Spanish is the closest supported language
-# (shared abbreviations such as "Dr.", "Sr.", "pág."). Anything else unknown
-# to pysbd falls back to English.
-_PYSBD_FALLBACK = {"pt": "es", "gl": "es", "ca": "es"}
 
 
 class UnicodeWordTokenizer:
@@ -32,28 +28,6 @@ class UnicodeWordTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         return self._WORD_RE.findall(unicodedata.normalize("NFC", text).lower())
-
-
-def _base_language(language: str) -> str:
-    # "pt-BR" / "es_MX" -> "pt" / "es"
-    return re.split(r"[-_]", language.strip().lower(), maxsplit=1)[0]
-
-
-@lru_cache(maxsize=None)
-def _segmenter(language: str):
-    import pysbd
-
-    lang = _PYSBD_FALLBACK.get(language, language)
-    if lang not in pysbd.languages.LANGUAGE_CODES:
-        lang = "en"
-    return pysbd.Segmenter(language=lang, clean=False)
-
-
-def split_sentences(text: str, language: str) -> list[str]:
-    """Sentences with pysbd's rules for the language (rouge-score's own splitter needs nltk data
-    that is not available offline)."""
-    sentences = (s.strip() for line in text.splitlines() for s in _segmenter(_base_language(language)).segment(line))
-    return [s for s in sentences if s]
 
 
 def _one_sentence_per_line(text: str, language: str) -> str:
@@ -108,7 +82,7 @@ def text_metrics(
     if not predictions:
         raise ValueError("predictions and references are empty")
 
-    language = _base_language(language)
+    language = base_language(language)
     result: dict[str, float] = {}
     if "rouge" in metrics:
         result.update(_rouge(predictions, references, language))
