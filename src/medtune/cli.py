@@ -75,7 +75,8 @@ def _translate(args) -> None:
     report = translate_file(args.source, args.out, args.to, model=args.model, kind=args.kind, loader=args.loader,
                             fields=tuple(args.fields.split(",")), batch_size=args.batch_size,
                             generation={"max_new_tokens": args.max_new_tokens}, min_length_ratio=args.min_length_ratio,
-                            drop_flagged=args.drop_flagged, on_bad_row=args.on_bad_row, cache_dir=args.cache_dir)
+                            drop_flagged=args.drop_flagged, on_bad_row=args.on_bad_row, cache_dir=args.cache_dir,
+                            limit=args.limit)
     print(json.dumps(report, indent=2, ensure_ascii=False))
 
 
@@ -315,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--drop-flagged", action="store_true", help="leave flagged records out (they are counted either way)")
     tr.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
     tr.add_argument("--cache-dir", type=Path, help="translation cache (default: ~/.cache/medtune/generations)")
+    tr.add_argument("--limit", type=int, help="only the first N answered records (a trial run)")
     tr.set_defaults(func=_translate)
 
     sy = sub.add_parser("synth", help="generate question-answer pairs from medical passages with an LLM (deduplicated, support-filtered)")

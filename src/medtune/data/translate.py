@@ -276,18 +276,21 @@ def translate_file(
     drop_flagged: bool = False,
     on_bad_row: Literal["error", "skip"] = "error",
     cache_dir: str | Path | None = None,
+    limit: int | None = None,
     generate: Generate | None = None,
     progress: bool = True,
 ) -> dict:
     """Translate any QA source medtune loads (a file or a MedQuAD folder) into `target_lang` and
     write `out` (JSONL) atomically; returns the report. `generate` replaces the model (it gets a
     batch of source sentences and returns their translations); `model` still names the cache
-    and the output's `mt_model`."""
+    and the output's `mt_model`. `limit` keeps the first N answered records (a trial run)."""
     start = time.monotonic()
     _check_languages(source_lang, target_lang)
     generation = DEFAULT_GENERATION | (generation or {})
     loader = loader or infer_loader(source)
     records, load_report = load_source(SourceConfig(loader=loader, path=str(source), language=source_lang, on_bad_row=on_bad_row))
+    if limit is not None:
+        records = [r for r in records if r.answered][:limit]
     if kind == "auto":
         kind = "llm" if generate is not None else detect_kind(model)
     if generate is None:
