@@ -62,6 +62,16 @@ def _merge(args) -> None:
     print(merge_models(load_merge_recipe(args.recipe, args.set), args.out))
 
 
+def _quantize(args) -> None:
+    from medtune.quantize import quantize
+
+    group = {"group_size": args.group_size} if args.group_size else {}
+    out = quantize(args.model, args.method, args.out, calibration=args.calibration, eval_texts=args.eval_data,
+                   calibration_samples=args.calibration_samples, eval_samples=args.eval_samples, dtype=args.dtype, **group)
+    print((out / "quantize_report.md").read_text())
+    print(out)
+
+
 def _pairs(args) -> None:
     from medtune.align import make_pairs
 
@@ -221,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--out", type=Path, help="output folder (default: output_dir/<name>-<time>)")
     mg.set_defaults(func=_merge)
 
+    qz = sub.add_parser("quantize", help="quantize a run or model (int8/int4 on CPU; gptq, bnb4, bnb8 on CUDA); reports size and perplexity")
+    qz.add_argument("model", help="run directory, model directory or hub id")
+    qz.add_argument("--method", required=True, choices=["int8", "int4", "gptq", "bnb4", "bnb8", "gguf"])
+    qz.add_argument("--out", required=True, type=Path, help="folder for the quantized model and quantize_report.json/.md")
+    qz.add_argument("--calibration", help="GPTQ calibration texts: a recipe, run directory or data file (default: a run's train split)")
+    qz.add_argument("--eval-data", help="perplexity texts: a recipe, run directory or data file (default: a run's validation split)")
+    qz.add_argument("--calibration-samples", type=int, default=128)
+    qz.add_argument("--eval-samples", type=int, default=50)
+    qz.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="precision of what stays unquantized (embeddings, norms)")
+    qz.add_argument("--group-size", type=int, help="int4: weights per quantization group (default 32; GPTQ always uses 128)")
+    qz.set_defaults(func=_quantize)
+
     e = sub.add_parser("eval", help="score a run or model on benchmark tasks; writes report.json/.md and charts")
     e.add_argument("model", help="run directory, model directory or hub id")
     e.add_argument("--tasks", required=True, help="comma-separated task names, NAME=PATH to point one at a file "
@@ -349,10 +371,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from medtune.eval.tasks import TaskError
     from medtune.merge.merge import MergeError
     from medtune.models import ModelNotAvailable
+    from medtune.quantize import QuantizeError
     from medtune.rag.index import IndexMismatch
     from medtune.recipe import RecipeError
 
-    return RecipeError, DataError, ModelNotAvailable, TaskError, IndexMismatch, MergeError
+    return RecipeError, DataError, ModelNotAvailable, TaskError, IndexMismatch, MergeError, QuantizeError
 
 
 def main(argv: list[str] | None = None) -> None:

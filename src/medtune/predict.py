@@ -37,6 +37,10 @@ class Predictor:
         card = json.loads((path / MODEL_CARD).read_text()) if path and (path / MODEL_CARD).is_file() else {}
         if card.get("adapter"):
             model, tokenizer = load_adapter_model(path, card)
+        elif card.get("quantization"):
+            from medtune.quantize import load_quantized  # `medtune quantize` output: quanto weights
+
+            model, tokenizer = load_quantized(path)
         else:
             resolved = resolve_model(str(path) if path else str(ref))
             model, tokenizer = load_model(resolved), load_tokenizer(resolved)

@@ -1,0 +1,8 @@
+"""Quantization: int8/int4 weight-only on CPU (optimum-quanto), GPTQ and bitsandbytes on CUDA, size and
+perplexity reports against the source; GGUF export is left to llama.cpp (see methods.GGUF_HOWTO)."""
+
+from medtune.quantize.convert import quantize
+from medtune.quantize.load import load_quantized
+from medtune.quantize.methods import METHODS, QuantizeError, check_method
+
+__all__ = ["METHODS", "QuantizeError", "check_method", "load_quantized", "quantize"]

@@ -1,0 +1,153 @@
+"""Quantization: int8/int4 saved, reloaded and generating; sizes, perplexity and the report; refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import qa_rows
+from safetensors import safe_open
+
+from medtune.predict import MODEL_CARD, Predictor, load_adapter_model
+from medtune.quantize import QuantizeError, load_quantized, quantize
+from medtune.quantize.quanto_weights import WEIGHTS
+from medtune.quantize.report import text_perplexity
+from medtune.quantize.texts import load_texts
+
+ANSWERS = [r["answer"] for r in qa_rows()]
+
+
+@pytest.fixture(scope="module")
+def llama128(tmp_path_factory) -> Path:
+    """conftest's tiny Llama with 128-wide layers, so int4 groups of 128 inputs apply as on real models."""
+    from medtune.testing import make_llama
+
+    texts = [t for r in qa_rows() for t in (r["question"], r["answer"])]
+    return make_llama(tmp_path_factory.mktemp("models") / "llama128", texts * 5, vocab_size=300, hidden=128)
+
+
+@pytest.fixture(scope="module", params=["int8", "int4"])
+def quantized(request, llama128, tmp_path_factory) -> tuple[str, Path]:
+    out = quantize(llama128, request.param, tmp_path_factory.mktemp("q") / request.param, eval_texts=ANSWERS[:20])
+    return request.param, out
+
+
+def test_saved_folder_reloads_and_generates(quantized):
+    method, out = quantized
+    assert {WEIGHTS, "quanto_qmap.json", "config.json", MODEL_CARD, "quantize_report.json", "quantize_report.md"} <= {
+        p.name for p in out.iterdir()}
+    card = json.loads((out / MODEL_CARD).read_text())
+    q = card["quantization"]
+    assert (q["method"], q["bits"], q["library"]) == (method, {"int8": 8, "int4": 4}[method], "optimum-quanto")
+    assert Path(q["source_model"]).name == "llama128" and q["embeddings_quantized"] is False
+    model, _ = load_quantized(out)
+    down = model.model.layers[0].mlp.down_proj
+    assert type(down).__name__ == "QLinear" and down.weight_group_size == {"int8": None, "int4": 32}[method]
+    answers = Predictor.from_pretrained(out).predict(["What causes gout ?", "How to treat asthma ?"], max_new_tokens=4, num_beams=1)
+    assert len(answers) == 2 and all(answers)  # under torch.inference_mode, as Predictor.generate runs
+
+
+def test_linear_weights_shrink_by_the_bit_width(quantized, llama128):
+    """Linear weights: 32 bits -> 8 (+ one fp32 scale per row) or 4 (+ fp32 scale and shift per 32 inputs)."""
+    method, out = quantized
+    ratio = _layer_weight_bytes(llama128 / "model.safetensors") / _layer_weight_bytes(out / WEIGHTS)
+    expected = {"int8": 4 * 128 / (128 + 4), "int4": 4 * 32 / (16 + 8)}[method]  # int8: rows of 128 or 256 inputs
+    assert expected * 0.99 <= ratio <= {"int8": 4.0, "int4": 5.4}[method], ratio
+    report = json.loads((out / "quantize_report.json").read_text())
+    # Embeddings stay fp32, so the whole file shrinks less than the Linear layers.
+    assert {"int8": 2.5, "int4": 3.2}[method] < report["comparison"]["size_ratio"] < ratio
+
+
+def _layer_weight_bytes(path: Path) -> int:
+    """Bytes of the transformer blocks' Linear weights (quantized: data, scales, shifts) in a safetensors file."""
+    with safe_open(path, "pt") as f:
+        names = [k for k in f.keys() if ".layers." in k and "norm" not in k and not k.endswith(("input_scale", "output_scale"))]  # noqa: SIM118
+        return sum(f.get_tensor(k).nbytes for k in names)
+
+
+def test_perplexity_stays_close_to_the_source(quantized):
+    method, out = quantized
+    report = json.loads((out / "quantize_report.json").read_text())
+    src, q = report["source"], report["quantized"]
+    assert src["tokens"] == q["tokens"] > 150 and src["texts"] == q["texts"] == 20
+    assert abs(report["comparison"]["perplexity_change_pct"]) < {"int8": 0.5, "int4": 3.0}[method]
+
+
+def test_report_numbers_are_consistent(quantized):
+    _, out = quantized
+    report = json.loads((out / "quantize_report.json").read_text())
+    src, q, c = report["source"], report["quantized"], report["comparison"]
+    weight_files = sum(p.stat().st_size for p in out.iterdir() if p.suffix == ".safetensors")
+    assert q["weight_file_bytes"] == weight_files
+    assert c["size_ratio"] == pytest.approx(src["weight_file_bytes"] / q["weight_file_bytes"])
+    assert c["parameter_bytes_ratio"] == pytest.approx(src["parameter_bytes"] / q["parameter_bytes"])
+    assert c["perplexity_change_pct"] == pytest.approx(100 * (q["perplexity"] / src["perplexity"] - 1))
+    assert q["weight_file_bytes"] == pytest.approx(q["parameter_bytes"], rel=0.02)  # the file is the tensors
+    md = (out / "quantize_report.md").read_text()
+    assert f"{c['size_ratio']:.2f}× smaller" in md and f"{c['perplexity_change_pct']:+.2f}%" in md
+
+
+@pytest.mark.parametrize("method", ["gptq", "bnb4", "bnb8"])
+def test_gpu_methods_refused_without_cuda_before_loading(method, llama128, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr("medtune.quantize.convert.resolve_model", no_loading)
+    monkeypatch.setattr("medtune.quantize.convert.load_texts", no_loading)
+    with pytest.raises(QuantizeError, match=f"--method {method} .* needs a CUDA GPU .* --method int4"):
+        quantize(llama128, method, tmp_path / "out", calibration=str(tmp_path / "calib.jsonl"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_method_lists_the_methods(llama128, tmp_path):
+    with pytest.raises(QuantizeError) as err:
+        quantize(llama128, "int3", tmp_path / "out")
+    assert "unknown quantization method 'int3'" in str(err.value)
+    assert all(f"  {m}" in str(err.value) for m in ("int8", "int4", "gptq", "bnb4", "bnb8", "gguf"))
+
+
+def test_gguf_says_how_to_convert_with_llama_cpp(llama128, tmp_path):
+    with pytest.raises(QuantizeError, match=r"convert_hf_to_gguf\.py[\s\S]*llama-quantize[\s\S]*ollama create"):
+        quantize(llama128, "gguf", tmp_path / "out")
+
+
+def test_existing_output_folder_is_refused(llama128, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    with pytest.raises(QuantizeError, match="already exists and is not empty"):
+        quantize(llama128, "int8", tmp_path / "out")
+
+
+def test_adapter_run_is_merged_then_quantized(llama128, tmp_path):
+    """A LoRA run is folded into its fp32 base first; the report's source is that merged model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = tmp_path / "run" / "adapter"
+    torch.manual_seed(0)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(llama128),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(llama128).save_pretrained(adapter)
+    card = {"template": "Q: {question}", "system": None, "base_model": str(llama128), "kind": "causal", "adapter": True}
+    (adapter / MODEL_CARD).write_text(json.dumps(card))
+
+    out = quantize(tmp_path / "run", "int8", tmp_path / "q", eval_texts=ANSWERS[:8])
+    report = json.loads((out / "quantize_report.json").read_text())
+    with_adapter, tokenizer = load_adapter_model(adapter, card)
+    expected = text_perplexity(with_adapter, tokenizer, ANSWERS[:8])["perplexity"]
+    assert report["source"]["perplexity"] == pytest.approx(expected, rel=1e-4)  # the adapter was applied
+    q_card = json.loads((out / MODEL_CARD).read_text())
+    assert q_card["template"] == "Q: {question}" and q_card["adapter"] is False
+    assert q_card["merged_from"] == str(adapter.resolve()) == q_card["quantization"]["source_model"]
+    assert not any(p.name.startswith(".merge-") for p in tmp_path.iterdir())  # the merged copy is scratch
+
+
+def test_texts_are_drawn_from_a_data_file(qa_jsonl):
+    texts = load_texts(qa_jsonl, 5)
+    assert len(texts) == 5 and set(texts) <= set(ANSWERS)
+    assert texts == load_texts(qa_jsonl, 5)  # seeded
