@@ -49,6 +49,23 @@ def build_dir_atomic(target: Path, build: Callable[[Path], None], marker: str) -
     return target
 
 
+def replace_dir_atomic(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target` (re)built by `build(staging_dir)`; an existing folder stays whole until the new one is
+    complete and is then swapped out, so a crash leaves either the old folder or the new one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(staging)
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def read_yaml_mapping(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> dict:
     """A YAML file that must hold a mapping (recipes, serve configs, rules); `error` names the file otherwise."""
     import yaml

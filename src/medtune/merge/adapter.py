@@ -7,13 +7,11 @@ quantized weights would round the adapter's small updates away.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from medtune.io import write_json
+from medtune.io import replace_dir_atomic, write_json
 from medtune.models import ModelNotAvailable
 from medtune.predict import MODEL_CARD, find_model_dir, load_adapter_model
 
@@ -26,16 +24,10 @@ def merge_adapter(run_dir: str | Path, out: str | Path) -> Path:
         raise ModelNotAvailable(f"{run_dir}: no LoRA adapter here (merge-adapter takes the run directory of a lora/qlora run)")
     model, tokenizer = load_adapter_model(adapter_dir, card, dtype=torch.float32)
     merged = model.merge_and_unload()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:  # written aside and renamed, so `out` is never a half-saved model
+
+    def save(staging: Path) -> None:  # written aside and swapped in, so `out` is never a half-saved model
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_json(staging / MODEL_CARD, card | {"adapter": False, "merged_from": str(adapter_dir.resolve())})
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+
+    return replace_dir_atomic(Path(out), save)

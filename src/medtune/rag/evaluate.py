@@ -167,10 +167,7 @@ def tune_fusion(index: Index, queries: str | os.PathLike, qrels: str | os.PathLi
     depths = sorted(depths)
     retriever = Retriever(index, "hybrid")
     cands = retriever.candidates([q for _, q in pairs], depths[-1])
-    cosines = []
-    for c in tqdm(cands, desc="candidate cosines", disable=not progress):
-        pool = np.unique(np.concatenate([c.bm25, c.dense]))
-        cosines.append(dict(zip(pool.tolist(), (index.vectors(pool) @ c.query_vector).tolist())) if len(pool) else {})
+    cosines = [c.cosines(index, depths[-1]) for c in tqdm(cands, desc="candidate cosines", disable=not progress)]
     settings = [Fusion("convex", alpha=a, depth=d) for a in alphas for d in depths]
     settings += [Fusion("rrf", rrf_k=k, depth=d) for k in rrf_ks for d in depths]
     table = []

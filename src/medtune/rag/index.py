@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ from typing import Any
 import numpy as np
 
 import medtune
-from medtune.io import write_atomic, write_json
+from medtune.io import replace_dir_atomic, write_atomic, write_json
 from medtune.rag.embedder import DEFAULT_EMBEDDER, Embedder
 from medtune.rag.passages import Passage, PassageReport
 
@@ -129,10 +127,9 @@ def build_index(
         raise ValueError(f"passage ids must be unique; {dup!r} appears more than once")
     started = time.perf_counter()
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
     emb = embedder if isinstance(embedder, Embedder) else Embedder(embedder, backend, max_seq_length=max_seq_length)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
-    try:
+
+    def build(staging: Path) -> None:
         texts = [p.text for p in passages]
         t0 = time.perf_counter()
         vectors = emb.encode(texts, progress=progress)
@@ -166,15 +163,8 @@ def build_index(
         }
         manifest["timings_s"]["total"] = round(time.perf_counter() - started, 2)
         write_json(staging / "manifest.json", manifest)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(staging, out)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    replace_dir_atomic(out, build)
     log.info("indexed %d passages into %s in %.1f s", len(passages), out, time.perf_counter() - started)
     return out
 

@@ -34,7 +34,7 @@ class Hit:
     url: str
     source: str
     lang: str
-    score: float  # what the mode ranks by: fused RRF score, BM25 score or cosine
+    score: float  # what the mode ranks by: fused score, BM25 score or cosine
     bm25_score: float
     dense_score: float  # cosine between query and passage
     rank: int  # 1-based, in the returned order
@@ -59,6 +59,11 @@ class Candidates:
     dense: np.ndarray
     bm25_scores: np.ndarray  # every passage's BM25 score
     query_vector: np.ndarray
+
+    def cosines(self, index: Index, depth: int) -> dict[int, float]:
+        """Passage index -> cosine with the query, for the top `depth` of either list."""
+        pool = np.unique(np.concatenate([self.bm25[:depth], self.dense[:depth]]))
+        return dict(zip(pool.tolist(), (index.vectors(pool) @ self.query_vector).tolist())) if len(pool) else {}
 
 
 def fuse(c: Candidates, fusion: Fusion, cosine: dict[int, float]) -> list[tuple[int, float]]:
@@ -111,8 +116,7 @@ class Retriever:
 
     def _ranked(self, c: Candidates, k: int) -> list[Hit]:
         depth = max(k, self.fusion.depth, self.rerank_depth if self.reranker else 0)
-        pool = np.unique(np.concatenate([c.bm25[:depth], c.dense[:depth]]))
-        cosine = dict(zip(pool.tolist(), (self.index.vectors(pool) @ c.query_vector).tolist())) if len(pool) else {}
+        cosine = c.cosines(self.index, depth)
         if self.mode == "hybrid":
             order = fuse(c, self.fusion, cosine)
         elif self.mode == "bm25":
