@@ -102,6 +102,28 @@ def test_qlora_without_cuda_fails_before_loading_anything(causal_recipe_dict, tm
         check_method(recipe_from_dict(causal_recipe_dict))
 
 
+def test_packed_row_scores_each_document_as_if_alone(causal_recipe_dict, tmp_path):
+    causal_recipe_dict["train"] |= {"packing": True, "max_length": 128, "batch_size": 4, "gradient_accumulation_steps": 2}
+    recipe = recipe_from_dict(causal_recipe_dict)
+    resolved = resolve_model(recipe.model.name_or_path)
+    tokenizer, model = load_tokenizer(resolved), load_model(resolved)
+    trainer = build_sft_trainer(recipe, model, tokenizer, prepare_data(recipe.data).splits, tmp_path)
+    # SDPA has no varlen kernel: one packed row per forward pass, the batch of 4 rows by accumulation.
+    assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps) == (1, 8)
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, labels, pos = batch["input_ids"], batch["labels"], batch["position_ids"]
+    starts = (pos[0] == 0).nonzero().flatten().tolist() + [ids.shape[1]]
+    assert ids.shape[0] == 1 and ids.shape[1] <= 128 and len(starts) > 2  # several documents in one row
+    model = trainer.model.eval()
+    with torch.no_grad():
+        packed = torch.log_softmax(model(input_ids=ids, position_ids=pos).logits.float(), -1)
+        for a, b in zip(starts, starts[1:]):
+            alone = torch.log_softmax(model(input_ids=ids[:, a:b]).logits.float(), -1)
+            # Same next-token distribution at every position: no attention across document boundaries.
+            torch.testing.assert_close(packed[:, a:b], alone, atol=1e-4, rtol=1e-4)
+            assert labels[0, a] == -100  # nothing is predicted across a boundary
+
+
 def test_packing_and_gradient_checkpointing_train(causal_recipe_dict, tmp_path):
     causal_recipe_dict["train"] |= {"packing": True, "gradient_checkpointing": True, "max_steps": 2, "max_length": 128}
     causal_recipe_dict["eval"] |= {"metrics": ["perplexity"], "max_samples": 2}

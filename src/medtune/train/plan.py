@@ -76,7 +76,8 @@ def plan(recipe: Recipe) -> dict:
     optimizer_state = trainable * (4 + 4 + 8)  # fp32 master weight, gradient, two Adam moments
     hidden = config.get_text_config().hidden_size
     layers = config.get_text_config().num_hidden_layers
-    tokens = t.batch_size * (t.max_length if kind == "causal" else t.max_source_length + t.max_target_length)
+    rows = 1 if t.packing and kind == "causal" else t.batch_size  # packed rows go one per forward (train.sft)
+    tokens = rows * (t.max_length if kind == "causal" else t.max_source_length + t.max_target_length)
     if recipe.align:
         tokens *= 2  # DPO runs the chosen and the rejected row of every pair
     # Per token and layer: ~34*hidden bytes of 16-bit activations (Korthikanti et al. 2022), or only

@@ -104,6 +104,12 @@ def build_sft_trainer(
     pretrain = t.objective == "pretrain"
     if not pretrain:
         _check_questions(splits)
+    if t.packing:
+        # TRL makes a packed batch one padding-free sequence. With SDPA (no varlen kernel) its rows would attend
+        # over their whole concatenation under a block mask, quadratic in its total length; one row per forward
+        # pass keeps attention within max_length, and gradient accumulation restores the recipe's batch of rows.
+        common |= dict(per_device_train_batch_size=1, gradient_accumulation_steps=t.batch_size * t.gradient_accumulation_steps,
+                       train_sampling_strategy="random")  # packed rows have equal length already
     args = SFTConfig(
         **common,
         max_length=t.max_length,
@@ -113,8 +119,6 @@ def build_sft_trainer(
         eos_token=tokenizer.eos_token,
     )
     convert = to_text if pretrain else (lambda ds: to_chat(ds, p.template, p.system))
-    if t.packing:
-        args.train_sampling_strategy = "random"  # packed rows have equal length already
     return SFTTrainerWithTokens(
         model=model,
         args=args,
