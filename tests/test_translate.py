@@ -1,4 +1,5 @@
-"""Machine translation of QA data: quality flags, the disk cache, resume after a kill, the real model path."""
+"""Machine translation of QA data: quality flags, the disk cache, resume after a kill, the real model path
+(T5, a causal LM, and tiny random Marian and NLLB models with their real tokenizer classes)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import qa_rows
 
 from medtune.data import load_source
 from medtune.data.generation import GenerationCache
@@ -22,6 +24,9 @@ from medtune.data.translate import (
 )
 from medtune.models import ModelNotAvailable
 from medtune.recipe import SourceConfig
+
+# MarianTokenizer's optional punctuation normaliser
+pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -178,6 +183,80 @@ def test_real_models_end_to_end(fixture, request, qa_jsonl, tmp_path, monkeypatc
     again = translate_file(source, tmp_path / "es2.jsonl", "es", **kw)
     assert again["sentences"]["generated"] == 0
     assert (tmp_path / "es.jsonl").read_bytes() == (tmp_path / "es2.jsonl").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def mt_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random translation models: one-pair and multi-target (>>es<< or >>spa<<) Marian, and NLLB-200."""
+    from medtune.testing import make_marian, make_nllb
+
+    texts = [t for r in qa_rows() for t in (r["question"], r["answer"])] * 5
+    root = tmp_path_factory.mktemp("mt-models")
+    return {
+        "marian": make_marian(root / "opus-mt-en-es", texts),
+        "marian-multi": make_marian(root / "opus-mt-en-ROMANCE", texts, targets=("es", "pt")),
+        "marian-multi-iso3": make_marian(root / "opus-mt-tc-big-en-roa", texts, targets=("spa", "por")),
+        "nllb": make_nllb(root / "nllb-200", texts),
+    }
+
+
+def record_generate(monkeypatch, model_class) -> list[dict]:
+    """Every `model_class.generate` call from now on: its input ids, other arguments and output ids."""
+    original, calls = model_class.generate, []
+
+    def generate(self, input_ids=None, **kwargs):
+        out = original(self, input_ids=input_ids, **kwargs)
+        calls.append({"input_ids": input_ids, "kwargs": kwargs, "output_ids": out})
+        return out
+
+    monkeypatch.setattr(model_class, "generate", generate)
+    return calls
+
+
+def translate_three(model: Path, tmp_path: Path, source_lang: str, target_lang: str) -> None:
+    """Translate 3 QA rows (6 sentences) with `model` and check the report and the rows' provenance."""
+    rows = qa_rows()[:3]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    report = translate_file(source, tmp_path / "out.jsonl", target_lang, model=str(model), source_lang=source_lang,
+                            cache_dir=tmp_path / "c", batch_size=4, generation={"max_new_tokens": 6}, progress=False)
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert report["kind"] == "seq2seq" and report["written"] == 3 and report["sentences"]["generated"] == 6
+    assert [r["source_id"] for r in out] == [r["id"] for r in out] == [r["id"] for r in rows]
+    assert all(r["language"] == target_lang and r["translated_from"] == source_lang and r["machine_translated"]
+               and r["mt_model"] == str(model) for r in out)
+
+
+@pytest.mark.parametrize(("source_lang", "target_lang", "source_code", "target_code"),
+                         [("en", "es", "eng_Latn", "spa_Latn"), ("pt", "es", "por_Latn", "spa_Latn"), ("en", "pt", "eng_Latn", "por_Latn")])
+def test_nllb_gets_its_language_codes(mt_models, tmp_path, monkeypatch, source_lang, target_lang, source_code, target_code):
+    from transformers import AutoTokenizer, M2M100ForConditionalGeneration
+
+    vocab = AutoTokenizer.from_pretrained(mt_models["nllb"]).get_vocab()
+    calls = record_generate(monkeypatch, M2M100ForConditionalGeneration)
+    translate_three(mt_models["nllb"], tmp_path, source_lang, target_lang)
+    assert len(calls) == 2  # 6 sentences in batches of 4
+    for call in calls:
+        # NLLB's source format is `src_lang_code tokens </s>` (padding on the right)
+        assert call["input_ids"][:, 0].tolist() == [vocab[source_code]] * len(call["input_ids"])
+        assert call["kwargs"]["forced_bos_token_id"] == vocab[target_code]
+        # the decoder starts with </s>, then the forced target language code
+        assert call["output_ids"][:, 1].tolist() == [vocab[target_code]] * len(call["output_ids"])
+
+
+@pytest.mark.parametrize(("model", "target_lang", "first_token"),
+                         [("marian-multi", "es", ">>es<<"), ("marian-multi", "pt", ">>pt<<"), ("marian-multi-iso3", "pt", ">>por<<"),
+                          ("marian", "es", "▁")])
+def test_marian_inputs_start_with_the_target_token_on_multi_target_models_only(mt_models, tmp_path, monkeypatch, model, target_lang, first_token):
+    from transformers import AutoTokenizer, MarianMTModel
+
+    tokenizer = AutoTokenizer.from_pretrained(mt_models[model])
+    calls = record_generate(monkeypatch, MarianMTModel)
+    translate_three(mt_models[model], tmp_path, "en", target_lang)
+    inputs = [tokenizer.convert_ids_to_tokens(ids) for call in calls for ids in call["input_ids"]]
+    assert len(inputs) == 6 and all(tokens[0].startswith(first_token) for tokens in inputs)
+    # a one-pair model gets no prefix (it would read `>>es<<` as <unk>), and none gets forced tokens
+    assert not any(tokenizer.unk_token in tokens for tokens in inputs)
+    assert not any("forced_bos_token_id" in call["kwargs"] for call in calls)
 
 
 def test_hub_translation_model_fails_fast_offline(qa_jsonl, tmp_path, monkeypatch):

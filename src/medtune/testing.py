@@ -1,16 +1,41 @@
 """Tiny random models for tests and speed benchmarks (no T5 weights exist offline).
 
-The tokenizer is a real BPE trained on the given texts with the `tokenizers` library, so
+The tokenizer is a real BPE trained on the given texts (with the `tokenizers` library, or
+SentencePiece for Marian and NLLB, whose tokenizer classes read SentencePiece models), so
 the model reads medical text with a realistic number of tokens per word.
 """
 
 from __future__ import annotations
 
+import io
+import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers, decoders
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+import sentencepiece
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    M2M100Config,
+    M2M100ForConditionalGeneration,
+    MarianConfig,
+    MarianMTModel,
+    MarianTokenizer,
+    NllbTokenizer,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, *, seq2seq: bool = True) -> PreTrainedTokenizerFast:
@@ -90,6 +115,72 @@ def make_llama(out_dir: str | Path, texts: Iterable[str], *, vocab_size: int = 1
     torch.manual_seed(seed)
     out = Path(out_dir)
     LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int = 1000) -> bytes:
+    """A serialized SentencePiece BPE model over `texts` with opus-mt's ids: </s>=0, <unk>=1, no
+    <s> or <pad>. `vocab_size` is an upper bound (a small corpus gives fewer pieces)."""
+    buf = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=buf, model_type="bpe", vocab_size=vocab_size, hard_vocab_limit=False,
+        eos_id=0, unk_id=1, bos_id=-1, pad_id=-1, minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def _bart_sizes(d_model: int, layers: int) -> dict:
+    """Marian and M2M100 (NLLB) share BART's config fields."""
+    return {"d_model": d_model, "encoder_layers": layers, "decoder_layers": layers, "encoder_attention_heads": 2,
+            "decoder_attention_heads": 2, "encoder_ffn_dim": 2 * d_model, "decoder_ffn_dim": 2 * d_model,
+            "max_position_embeddings": 512}
+
+
+def make_marian(
+    out_dir: str | Path, texts: Iterable[str], *, targets: Iterable[str] = (), vocab_size: int = 1000,
+    d_model: int = 16, layers: int = 1, seed: int = 0,
+) -> Path:
+    """Write a randomly initialised MarianMTModel and its MarianTokenizer (source.spm, target.spm,
+    vocab.json) to `out_dir`. `targets` makes a multi-target model like opus-mt-en-ROMANCE: each
+    language is a `>>xx<<` token in the vocab that inputs start with; none is a one-pair model."""
+    import torch
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spm = train_sentencepiece(texts, vocab_size)
+    for name in ("source.spm", "target.spm"):
+        (out / name).write_bytes(spm)
+    processor = sentencepiece.SentencePieceProcessor(model_proto=spm)
+    pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+    vocab = {p: i for i, p in enumerate([*pieces, *(f">>{t}<<" for t in targets), "<pad>"])}  # opus-mt: pad last
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    tokenizer = MarianTokenizer.from_pretrained(out)
+    config = MarianConfig(vocab_size=len(tokenizer), **_bart_sizes(d_model, layers), pad_token_id=tokenizer.pad_token_id,
+                          decoder_start_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    MarianMTModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def make_nllb(
+    out_dir: str | Path, texts: Iterable[str], *, vocab_size: int = 1000, d_model: int = 16, layers: int = 1, seed: int = 0,
+) -> Path:
+    """Write a randomly initialised NLLB-200 (an M2M100ForConditionalGeneration) and its NllbTokenizer,
+    with all 202 language codes (eng_Latn, spa_Latn, ...) as special tokens, to `out_dir`."""
+    import torch
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sentencepiece.bpe.model").write_bytes(train_sentencepiece(texts, vocab_size))
+    # Converting a bare SentencePiece model drops the default language codes; give them back.
+    tokenizer = NllbTokenizer.from_pretrained(out, extra_special_tokens=FAIRSEQ_LANGUAGE_CODES)
+    config = M2M100Config(vocab_size=len(tokenizer), **_bart_sizes(d_model, layers), pad_token_id=tokenizer.pad_token_id,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          decoder_start_token_id=tokenizer.eos_token_id, tokenizer_class="NllbTokenizer")
+    torch.manual_seed(seed)
+    M2M100ForConditionalGeneration(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 

@@ -183,8 +183,8 @@ def seq2seq_generator(model: str, source_lang: str, target_lang: str, generation
     elif f"__{target_lang}__" in vocab:  # M2M100
         tok.src_lang = source_lang
         extra["forced_bos_token_id"] = vocab[f"__{target_lang}__"]
-    elif f">>{target_lang}<<" in vocab:  # multi-target Marian (e.g. opus-mt-en-ROMANCE)
-        prefix = f">>{target_lang}<< "
+    elif tag := next((t for t in (f">>{target_lang}<<", f">>{NLLB_CODES[target_lang][:3]}<<") if t in vocab), None):
+        prefix = tag + " "  # multi-target Marian: >>es<< (opus-mt-en-ROMANCE) or >>spa<< (opus-mt-tc-big-*)
     elif predictor.model.config.model_type == "t5":  # T5's pretraining task format
         prefix = f"translate {LANGUAGES[source_lang]} to {LANGUAGES[target_lang]}: "
     kwargs = {"pad_token_id": tok.pad_token_id, **extra, **generation}
