@@ -1,6 +1,8 @@
 """medtune: build, align, evaluate and serve grounded medical QA models."""
 
 __version__ = "0.1.0"
+# The small instruction model used when none is named; it also installs offline (see medtune.models).
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def load(run_dir):

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from medtune import DEFAULT_MODEL
+
 
 def _train(args) -> None:
     from medtune.pipeline import run
@@ -289,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ask", help="answer a question from an index's sources, citing them [1], [2] with their URLs")
     a.add_argument("question")
     a.add_argument("--index", type=Path, help="index directory (without one the answer is marked as not grounded)")
-    a.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="run directory, model directory or hub id")
+    a.add_argument("--model", default=DEFAULT_MODEL, help="run directory, model directory or hub id")
     a.add_argument("--k", type=int, default=4, help="passages given to the model")
     a.add_argument("--language", choices=["en", "es", "pt"], help="answer language (default: the question's)")
     a.add_argument("--max-new-tokens", type=int, default=256)
@@ -327,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("source", help="any QA file or folder medtune loads")
     tr.add_argument("--to", required=True, choices=["es", "pt"])
     tr.add_argument("--out", required=True, type=Path, help="JSONL of records, marked machine_translated, with mt_flags")
-    tr.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct",
+    tr.add_argument("--model", default=DEFAULT_MODEL,
                     help="translation model (Marian, NLLB, M2M100) or instruction-tuned LLM: hub id or local dir")
     tr.add_argument("--kind", default="auto", choices=["auto", "seq2seq", "llm"])
     tr.add_argument("--loader", help="loader name (default: inferred from the path)")
@@ -344,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy = sub.add_parser("synth", help="generate question-answer pairs from medical passages with an LLM (deduplicated, support-filtered)")
     sy.add_argument("source", help="passage JSONL (text or raw_text), e.g. ../shared/data/es_clinical_text/cares_es.jsonl, or a QA file")
     sy.add_argument("--out", required=True, type=Path, help="JSONL of records; OUT.provenance.json is written beside it")
-    sy.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="instruction-tuned LLM: hub id or local dir")
+    sy.add_argument("--model", default=DEFAULT_MODEL, help="instruction-tuned LLM: hub id or local dir")
     sy.add_argument("--lang", choices=["en", "es", "pt"], help="language of the passages and pairs (default: the source's)")
     sy.add_argument("--per-passage", type=int, default=1)
     sy.add_argument("--max-passages", type=int)

