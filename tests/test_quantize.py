@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from pathlib import Path
 
 import pytest
+import sentencepiece
 import torch
 from conftest import qa_rows
 from safetensors import safe_open
 
+from medtune.models import cache_dir
 from medtune.predict import MODEL_CARD, Predictor, load_adapter_model
 from medtune.quantize import QuantizeError, load_quantized, quantize
 from medtune.quantize.quanto_weights import WEIGHTS
@@ -110,11 +114,6 @@ def test_unknown_method_lists_the_methods(llama128, tmp_path):
     assert all(f"  {m}" in str(err.value) for m in ("int8", "int4", "gptq", "bnb4", "bnb8", "gguf"))
 
 
-def test_gguf_says_how_to_convert_with_llama_cpp(llama128, tmp_path):
-    with pytest.raises(QuantizeError, match=r"convert_hf_to_gguf\.py[\s\S]*llama-quantize[\s\S]*ollama create"):
-        quantize(llama128, "gguf", tmp_path / "out")
-
-
 def test_existing_output_folder_is_refused(llama128, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
@@ -151,3 +150,129 @@ def test_texts_are_drawn_from_a_data_file(qa_jsonl):
     texts = load_texts(qa_jsonl, 5)
     assert len(texts) == 5 and set(texts) <= set(ANSWERS)
     assert texts == load_texts(qa_jsonl, 5)  # seeded
+
+
+# GGUF: llama.cpp's converter from scripts/get_llama_cpp.sh, which CI runs and points LLAMA_CPP_DIR at.
+LLAMA_CPP = Path(os.environ.get("LLAMA_CPP_DIR") or cache_dir() / "llama.cpp")
+needs_llama_cpp = pytest.mark.skipif(
+    "LLAMA_CPP_DIR" not in os.environ and not (LLAMA_CPP / "convert_hf_to_gguf.py").is_file(),
+    reason="llama.cpp's converter not found: run scripts/get_llama_cpp.sh (CI does, and sets LLAMA_CPP_DIR)")
+
+
+@pytest.fixture(scope="module")
+def spm_llama(tmp_path_factory) -> Path:
+    """A tiny random Llama with a SentencePiece tokenizer.model, as Llama 2 ships: the converter takes its
+    vocab as is (a BPE tokenizer.json must be one it recognises) and, with 300 tokens, the GGUF reads back fast."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+
+    out = tmp_path_factory.mktemp("models") / "spm-llama"
+    out.mkdir()
+    spm = io.BytesIO()
+    texts = [t for r in qa_rows() for t in (r["question"], r["answer"])]
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(texts * 5), model_writer=spm, model_type="bpe", vocab_size=300,
+                                             hard_vocab_limit=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    (out / "tokenizer.model").write_bytes(spm.getvalue())
+    tokenizer = LlamaTokenizer.from_pretrained(out)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,  # rows of q8_0's 32-wide blocks
+                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / MODEL_CARD).write_text(json.dumps({"template": "{question}", "system": "You answer medical questions.", "adapter": False}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ggufs(spm_llama, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gguf")
+    return {t: quantize(spm_llama, "gguf", root / t, gguf_type=t, eval_texts=ANSWERS[:20]) for t in ("f16", "q8_0")}
+
+
+@needs_llama_cpp
+def test_gguf_f16_reads_back_as_the_source(ggufs, spm_llama):
+    from transformers import AutoModelForCausalLM
+
+    out = ggufs["f16"]
+    assert {"model-F16.gguf", "Modelfile", MODEL_CARD, "tokenizer.json", "quantize_report.json", "quantize_report.md"} <= {
+        p.name for p in out.iterdir()}
+    assert (out / "Modelfile").read_text() == 'FROM ./model-F16.gguf\nSYSTEM """You answer medical questions."""\n'
+    q = json.loads((out / MODEL_CARD).read_text())["quantization"]
+    assert q | {"library_version": None} == {"method": "gguf", "bits": 16, "library": "llama.cpp", "library_version": None,
+                                            "format": "gguf", "source_model": str(spm_llama.resolve()),
+                                            "file": "model-F16.gguf", "outtype": "f16", "converter": "convert_hf_to_gguf.py"}
+    assert q["library_version"].startswith("llama.cpp ")
+    ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
+    source = AutoModelForCausalLM.from_pretrained(spm_llama)
+    reloaded, _ = load_quantized(out)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, source(ids).logits, atol=2e-3, rtol=0)  # weights rounded to f16
+    answers = Predictor.from_pretrained(out).predict(["What causes gout ?"], max_new_tokens=4, num_beams=1)
+    assert len(answers) == 1
+
+
+@needs_llama_cpp
+def test_gguf_q8_0_halves_the_tensors_and_keeps_perplexity(ggufs):
+    f16, q8 = (json.loads((ggufs[t] / "quantize_report.json").read_text()) for t in ("f16", "q8_0"))
+    assert q8["quantized"]["weight_file_bytes"] == (ggufs["q8_0"] / "model-Q8_0.gguf").stat().st_size
+    # q8_0: 32 int8 weights and one f16 scale per block, 8.5 bits; the norms stay f32
+    assert 0.53 <= q8["quantized"]["parameter_bytes"] / f16["quantized"]["parameter_bytes"] < 0.56
+    assert f16["source"]["texts"] == q8["quantized"]["texts"] == 20
+    assert abs(f16["comparison"]["perplexity_change_pct"]) < 0.05
+    assert 0 < abs(q8["comparison"]["perplexity_change_pct"]) < 0.5
+    assert q8["bits"] == 8 and "GGUF q8_0 written by llama.cpp's convert_hf_to_gguf.py" in q8["note"]
+    md = (ggufs["q8_0"] / "quantize_report.md").read_text()
+    assert "gguf (8-bit, llama.cpp)" in md and f"{q8['comparison']['perplexity_change_pct']:+.2f}%" in md
+
+
+@needs_llama_cpp
+def test_gguf_k_quant_runs_llama_quantize_on_an_f16_file(spm_llama, tmp_path):
+    """The k-quant path, with a stand-in llama-quantize that checks its arguments and copies the f16 file."""
+    llama_cpp = tmp_path / "llama.cpp"
+    (llama_cpp / "build" / "bin").mkdir(parents=True)
+    for name in ("convert_hf_to_gguf.py", "gguf-py", "conversion"):
+        (llama_cpp / name).symlink_to(LLAMA_CPP.resolve() / name)
+    tool = llama_cpp / "build" / "bin" / "llama-quantize"
+    tool.write_text('#!/bin/sh\n[ "$3" = Q4_K_M ] && case "$1" in *F16*) cp "$1" "$2";; *) exit 1;; esac\n')
+    tool.chmod(0o755)
+    out = quantize(spm_llama, "gguf", tmp_path / "q", gguf_type="q4_k_m", llama_cpp=llama_cpp)
+    assert {p.name for p in out.glob("*.gguf")} == {"model-Q4_K_M.gguf"}  # the f16 step is gone
+    q = json.loads((out / MODEL_CARD).read_text())["quantization"]
+    assert (q["bits"], q["converter"], q["library_version"]) == (4, "convert_hf_to_gguf.py + llama-quantize", "unknown")
+
+
+def test_gguf_without_the_converter_says_how_to_get_it_before_loading(llama128, tmp_path, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr("medtune.quantize.convert.resolve_model", no_loading)
+    monkeypatch.setattr("medtune.quantize.convert.load_texts", no_loading)
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(QuantizeError, match=r"nowhere does not hold it[\s\S]*scripts/get_llama_cpp\.sh[\s\S]*git clone .*llama\.cpp"):
+        quantize(llama128, "gguf", tmp_path / "out", eval_texts=str(tmp_path / "eval.jsonl"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_gguf_k_quant_without_llama_quantize_is_refused(llama128, tmp_path, monkeypatch):
+    (tmp_path / "llama.cpp").mkdir()
+    (tmp_path / "llama.cpp" / "convert_hf_to_gguf.py").touch()
+    monkeypatch.setenv("PATH", str(tmp_path))  # no llama-quantize on it
+    with pytest.raises(QuantizeError, match="--gguf-type q4_k_m needs llama.cpp's llama-quantize.*choose --gguf-type f16, bf16, q8_0"):
+        quantize(llama128, "gguf", tmp_path / "out", gguf_type="Q4_K_M", llama_cpp=tmp_path / "llama.cpp")
+    with pytest.raises(QuantizeError, match="--gguf-type q3: choose f16, bf16, q8_0 .* q4_k_m"):
+        quantize(llama128, "gguf", tmp_path / "out", gguf_type="q3", llama_cpp=tmp_path / "llama.cpp")
+
+
+def test_gguf_converter_failure_shows_its_error(spm_llama, tmp_path):
+    (tmp_path / "llama.cpp").mkdir()
+    (tmp_path / "llama.cpp" / "convert_hf_to_gguf.py").write_text('import sys\nsys.exit("BPE pre-tokenizer was not recognized")\n')
+    with pytest.raises(QuantizeError, match="convert_hf_to_gguf.py failed \\(exit 1\\):\nBPE pre-tokenizer was not recognized"):
+        quantize(spm_llama, "gguf", tmp_path / "out", llama_cpp=tmp_path / "llama.cpp")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_quantized_folder_is_not_quantized_again(tmp_path):
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / MODEL_CARD).write_text(json.dumps({"quantization": {"method": "int4", "source_model": "base-model"}}))
+    with pytest.raises(QuantizeError, match="already quantized \\(--method int4\\); quantize its full-precision source, base-model, instead"):
+        quantize(tmp_path / "q", "int8", tmp_path / "out")

@@ -69,7 +69,8 @@ def _quantize(args) -> None:
 
     group = {"group_size": args.group_size} if args.group_size else {}
     out = quantize(args.model, args.method, args.out, calibration=args.calibration, eval_texts=args.eval_data,
-                   calibration_samples=args.calibration_samples, eval_samples=args.eval_samples, dtype=args.dtype, **group)
+                   calibration_samples=args.calibration_samples, eval_samples=args.eval_samples, dtype=args.dtype,
+                   gguf_type=args.gguf_type, llama_cpp=args.llama_cpp, **group)
     print((out / "quantize_report.md").read_text())
     print(out)
 
@@ -233,9 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--out", type=Path, help="output folder (default: output_dir/<name>-<time>)")
     mg.set_defaults(func=_merge)
 
-    qz = sub.add_parser("quantize", help="quantize a run or model (int8/int4 on CPU; gptq, bnb4, bnb8 on CUDA); reports size and perplexity")
+    qz = sub.add_parser("quantize", help="quantize a run or model (int8/int4 on CPU; gptq, bnb4, bnb8 on CUDA; gguf for llama.cpp/Ollama); reports size and perplexity")
     qz.add_argument("model", help="run directory, model directory or hub id")
-    qz.add_argument("--method", required=True, choices=["int8", "int4", "gptq", "bnb4", "bnb8", "gguf"])
+    qz.add_argument("--method", required=True, choices=["int8", "int4", "gptq", "bnb4", "bnb8", "gguf"],
+                    help="gguf: a .gguf file and an Ollama Modelfile, written by llama.cpp's converter (see --llama-cpp)")
     qz.add_argument("--out", required=True, type=Path, help="folder for the quantized model and quantize_report.json/.md")
     qz.add_argument("--calibration", help="GPTQ calibration texts: a recipe, run directory or data file (default: a run's train split)")
     qz.add_argument("--eval-data", help="perplexity texts: a recipe, run directory or data file (default: a run's validation split)")
@@ -243,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--eval-samples", type=int, default=50)
     qz.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="precision of what stays unquantized (embeddings, norms)")
     qz.add_argument("--group-size", type=int, help="int4: weights per quantization group (default 32; GPTQ always uses 128)")
+    qz.add_argument("--gguf-type", default="q8_0", help="gguf: f16, bf16 or q8_0; k-quants (q4_k_m, q5_k_m, q6_k, ...) need llama.cpp's llama-quantize")
+    qz.add_argument("--llama-cpp", type=Path, metavar="DIR", help="gguf: folder holding llama.cpp's convert_hf_to_gguf.py "
+                    "(default $LLAMA_CPP_DIR, else ~/.cache/medtune/llama.cpp, made by scripts/get_llama_cpp.sh)")
     qz.set_defaults(func=_quantize)
 
     e = sub.add_parser("eval", help="score a run or model on benchmark tasks; writes report.json/.md and charts")

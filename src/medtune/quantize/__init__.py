@@ -1,5 +1,5 @@
 """Quantization: int8/int4 weight-only on CPU (optimum-quanto), GPTQ and bitsandbytes on CUDA, size and
-perplexity reports against the source; GGUF export is left to llama.cpp (see methods.GGUF_HOWTO)."""
+perplexity reports against the source; GGUF for llama.cpp/Ollama through llama.cpp's own converter (quantize.gguf)."""
 
 from medtune.quantize.convert import quantize
 from medtune.quantize.load import load_quantized

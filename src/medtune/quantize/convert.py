@@ -16,6 +16,7 @@ from medtune.io import build_dir_atomic, write_json
 from medtune.merge.adapter import merge_adapter
 from medtune.models import ResolvedModel, load_model, load_tokenizer, resolve_model
 from medtune.predict import MODEL_CARD, find_model_dir
+from medtune.quantize.gguf import check_gguf, gguf_note, gguf_sizes, write_gguf
 from medtune.quantize.gpu_methods import quantize_on_gpu
 from medtune.quantize.load import load_quantized
 from medtune.quantize.methods import QuantizeError, check_method
@@ -45,19 +46,23 @@ def quantize(
     dtype: str = "float32",
     group_size: int | None = GROUP_SIZE,
     max_length: int = 512,
+    gguf_type: str = "q8_0",
+    llama_cpp: str | Path | None = None,
 ) -> Path:
     """Quantize `ref` (a run directory, a model directory or a hub id) with `method` into `out_dir`.
 
     `calibration` / `eval_texts` are texts or a place to draw them from (a recipe, a run directory, a data
     file: see `load_texts`); for a run directory they default to its recipe's train / validation split.
-    `dtype` and `group_size` (int4: inputs per scale) apply to the CPU methods; GPTQ uses groups of 128.
+    `dtype` and `group_size` (int4: inputs per scale) apply to int8/int4; GPTQ uses groups of 128.
+    `gguf_type` and `llama_cpp` (the folder holding llama.cpp's converter) apply to method gguf.
     A LoRA run is merged into its full-precision base first (medtune.merge.adapter), since adapters
     cannot be folded into quantized weights. Returns `out_dir`, which holds the model, its tokenizer,
     medtune.json (the run's prompt format plus `quantization`) and quantize_report.json / .md.
     """
     m = check_method(method)  # unknown, GPU-less or library-less requests stop here, before any data or weights
-    if dtype not in DTYPES or (dtype != "float32" and m.cuda):
-        raise QuantizeError(f"dtype {dtype!r}: choose {' or '.join(DTYPES)} (CPU methods only; GPU methods pick their own)")
+    gguf = check_gguf(gguf_type, llama_cpp) if m.name == "gguf" else None  # so does a missing converter
+    if dtype not in DTYPES or (dtype != "float32" and (m.cuda or gguf)):
+        raise QuantizeError(f"dtype {dtype!r}: choose {' or '.join(DTYPES)} (int8/int4 only; the other methods pick their own)")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise QuantizeError(f"{out}: already exists and is not empty; choose another --out or remove it")
@@ -80,7 +85,10 @@ def quantize(
 
         def build(staging: Path) -> None:
             nonlocal model
-            if m.cuda:
+            if gguf:
+                del model  # the converter reads the source folder; the memory goes to the GGUF loaded back
+                details = write_gguf(gguf, _folder(resolved), staging, card.get("system"))
+            elif m.cuda:
                 del model  # transformers loads the model again, quantized, onto the GPU
                 torch.cuda.empty_cache()
                 details = quantize_on_gpu(m, resolved, tokenizer, calib, staging)
@@ -88,16 +96,20 @@ def quantize(
                 details = quantize_weights(model.to(getattr(torch, dtype)), m.bits, group_size) | {"dtype": dtype}
                 save_quantized_weights(model, staging)
             tokenizer.save_pretrained(staging)
-            quantization = {"method": m.name, "bits": m.bits, "library": m.library, "library_version": version(m.library),
-                            "format": "transformers" if m.cuda else "quanto", "source_model": source["model"]} | details
+            quantization = {"method": m.name, "bits": m.bits, "library": m.library,
+                            "library_version": gguf.version if gguf else version(m.library),
+                            "format": "gguf" if gguf else "transformers" if m.cuda else "quanto", "source_model": source["model"]} | details
             write_json(staging / MODEL_CARD, card | {"adapter": False, "quantization": quantization})
             reloaded, _ = load_quantized(staging)  # what is measured is what was saved
-            quantized = {"dtype": details["dtype"], "weight_file_bytes": weight_file_bytes(staging), "parameter_bytes": parameter_bytes(reloaded)}
+            if gguf:  # reloaded is dequantized: the sizes that count are the file's and what llama.cpp maps of it
+                quantized = {"dtype": gguf.outtype} | gguf_sizes(staging / gguf.file)
+            else:
+                quantized = {"dtype": details["dtype"], "weight_file_bytes": weight_file_bytes(staging), "parameter_bytes": parameter_bytes(reloaded)}
             if held_out:
                 quantized |= text_perplexity(reloaded, tokenizer, held_out, max_length=max_length)
-            write_report(staging, {"method": m.name, "bits": m.bits, "library": m.library, "quantization": quantization,
-                                   "note": _note(reloaded, details, source_parameters), "source": source,
-                                   "quantized": quantized, "comparison": compare(source, quantized)})
+            note = gguf_note(gguf) if gguf else _note(reloaded, details, source_parameters)
+            write_report(staging, {"method": m.name, "bits": quantization["bits"], "library": m.library, "quantization": quantization,
+                                   "note": note, "source": source, "quantized": quantized, "comparison": compare(source, quantized)})
 
         return build_dir_atomic(out, build, MODEL_CARD)
 
@@ -118,6 +130,10 @@ def _source_folder(ref: str | Path, scratch: Path) -> Iterator[tuple[str, dict]]
     model_dir = find_model_dir(Path(ref)) if Path(ref).exists() else None
     card_path = model_dir / MODEL_CARD if model_dir else None
     card = json.loads(card_path.read_text()) if card_path and card_path.is_file() else {}
+    if "quantization" in card:
+        q = card["quantization"]
+        raise QuantizeError(f"{ref}: already quantized (--method {q['method']}); quantize its full-precision source, "
+                            f"{q.get('source_model', 'the model it was made from')}, instead")
     if not card.get("adapter"):
         yield (str(model_dir) if model_dir else str(ref)), card
         return

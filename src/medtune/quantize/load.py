@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 from medtune.models import ModelNotAvailable
 from medtune.predict import MODEL_CARD
@@ -29,6 +29,9 @@ def load_quantized(model_dir: str | Path) -> tuple[torch.nn.Module, object]:
     q = quantization_card(model_dir)["quantization"]
     if q["format"] == "quanto":
         model = load_quantized_weights(model_dir, getattr(torch, q["dtype"]))
+    elif q["format"] == "gguf":  # dequantized: the exact stored weights, on any machine (llama.cpp reads the file itself)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=q["file"], dtype=torch.float32,
+                                                     quantization_config=GgufConfig(dequantize=True)).eval()
     else:
         check_method(q["method"])  # fails clearly on a machine without CUDA or the library
         model = AutoModelForCausalLM.from_pretrained(model_dir, device_map="auto").eval()

@@ -36,21 +36,10 @@ METHODS = {
                packages=(("bitsandbytes", "bitsandbytes"),)),
         Method("bnb8", 8, "bitsandbytes", "bitsandbytes LLM.int8(), for inference (CUDA)", cuda=True,
                packages=(("bitsandbytes", "bitsandbytes"),)),
-        Method("gguf", 0, "llama.cpp", "GGUF for llama.cpp/Ollama: not done by medtune, prints the llama.cpp steps"),
+        # bits: the --gguf-type's (medtune.quantize.gguf); llama.cpp's converter runs from a folder, not PyPI
+        Method("gguf", 0, "llama.cpp", "GGUF file for llama.cpp/Ollama (--gguf-type f16, bf16, q8_0; k-quants with llama-quantize)"),
     )
 }
-
-GGUF_HOWTO = """\
---method gguf: medtune does not write GGUF files. The converter is llama.cpp's convert_hf_to_gguf.py, which
-is not published on PyPI (the `gguf` package there only reads and writes the file format). With llama.cpp:
-  1. a full-precision model folder: a run's model/ folder, or `medtune merge-adapter RUN_DIR --out merged`
-     for a LoRA/QLoRA run (a quantized medtune folder cannot be converted);
-  2. git clone https://github.com/ggml-org/llama.cpp
-     pip install -r llama.cpp/requirements/requirements-convert_hf_to_gguf.txt
-     python llama.cpp/convert_hf_to_gguf.py MODEL_DIR --outtype f16 --outfile model-f16.gguf
-  3. build llama.cpp (cmake -B build && cmake --build build --config Release), then
-     build/bin/llama-quantize model-f16.gguf model-Q4_K_M.gguf Q4_K_M
-  4. Ollama: a file `Modelfile` holding `FROM ./model-Q4_K_M.gguf`, then `ollama create NAME -f Modelfile`."""
 
 
 def method_list() -> str:
@@ -62,8 +51,6 @@ def check_method(name: str) -> Method:
     method = METHODS.get(name)
     if method is None:
         raise QuantizeError(f"unknown quantization method {name!r}; methods:\n{method_list()}")
-    if method.name == "gguf":
-        raise QuantizeError(GGUF_HOWTO)
     if method.cuda and not torch.cuda.is_available():
         raise QuantizeError(
             f"--method {name} ({method.library}) needs a CUDA GPU and this machine has none. "
