@@ -68,6 +68,8 @@ def _quantize(args) -> None:
     from medtune.quantize import quantize
 
     group = {"group_size": args.group_size} if args.group_size else {}
+    if args.keep_int8 is not None:
+        group["keep_int8"] = tuple(n for n in args.keep_int8.split(",") if n and n != "none")
     out = quantize(args.model, args.method, args.out, calibration=args.calibration, eval_texts=args.eval_data,
                    calibration_samples=args.calibration_samples, eval_samples=args.eval_samples, dtype=args.dtype,
                    gguf_type=args.gguf_type, llama_cpp=args.llama_cpp, **group)
@@ -245,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--eval-samples", type=int, default=50)
     qz.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="precision of what stays unquantized (embeddings, norms)")
     qz.add_argument("--group-size", type=int, help="int4: weights per quantization group (default 32; GPTQ always uses 128)")
+    qz.add_argument("--keep-int8", metavar="NAMES", help="int4: Linear layers (name endings, comma-separated) kept in int8, "
+                    "like llama.cpp's Q4_K_M (default v_proj,o_proj,down_proj; 'none': all int4)")
     qz.add_argument("--gguf-type", default="q8_0", help="gguf: f16, bf16 or q8_0; k-quants (q4_k_m, q5_k_m, q6_k, ...) need llama.cpp's llama-quantize")
     qz.add_argument("--llama-cpp", type=Path, metavar="DIR", help="gguf: folder holding llama.cpp's convert_hf_to_gguf.py "
                     "(default $LLAMA_CPP_DIR, else ~/.cache/medtune/llama.cpp, made by scripts/get_llama_cpp.sh)")

@@ -20,7 +20,7 @@ from medtune.quantize.gguf import check_gguf, gguf_note, gguf_sizes, write_gguf
 from medtune.quantize.gpu_methods import quantize_on_gpu
 from medtune.quantize.load import load_quantized
 from medtune.quantize.methods import QuantizeError, check_method
-from medtune.quantize.quanto_weights import quantize_weights, save_quantized_weights
+from medtune.quantize.quanto_weights import KEEP_INT8, quantize_weights, save_quantized_weights
 from medtune.quantize.report import (
     compare,
     parameter_bytes,
@@ -46,6 +46,7 @@ def quantize(
     dtype: str = "float32",
     group_size: int | None = GROUP_SIZE,
     max_length: int = 512,
+    keep_int8: tuple[str, ...] = KEEP_INT8,
     gguf_type: str = "q8_0",
     llama_cpp: str | Path | None = None,
 ) -> Path:
@@ -53,7 +54,8 @@ def quantize(
 
     `calibration` / `eval_texts` are texts or a place to draw them from (a recipe, a run directory, a data
     file: see `load_texts`); for a run directory they default to its recipe's train / validation split.
-    `dtype` and `group_size` (int4: inputs per scale) apply to int8/int4; GPTQ uses groups of 128.
+    `dtype` and `group_size` (int4: inputs per scale) apply to int8/int4; GPTQ uses groups of 128. int4
+    keeps the Linear layers whose names end in `keep_int8` in int8 (empty: all int4).
     `gguf_type` and `llama_cpp` (the folder holding llama.cpp's converter) apply to method gguf.
     A LoRA run is merged into its full-precision base first (medtune.merge.adapter), since adapters
     cannot be folded into quantized weights. Returns `out_dir`, which holds the model, its tokenizer,
@@ -93,7 +95,7 @@ def quantize(
                 torch.cuda.empty_cache()
                 details = quantize_on_gpu(m, resolved, tokenizer, calib, staging)
             else:
-                details = quantize_weights(model.to(getattr(torch, dtype)), m.bits, group_size) | {"dtype": dtype}
+                details = quantize_weights(model.to(getattr(torch, dtype)), m.bits, group_size, tuple(keep_int8)) | {"dtype": dtype}
                 save_quantized_weights(model, staging)
             tokenizer.save_pretrained(staging)
             quantization = {"method": m.name, "bits": m.bits, "library": m.library,
@@ -171,5 +173,7 @@ def _note(model, details: dict, source_parameters: int) -> str:
     head = model.get_output_embeddings().weight
     head_state = ("quantized" if details["lm_head_quantized"] else
                   "tied to the embedding" if head.data_ptr() == embedding.data_ptr() else f"kept in {details['dtype']}")
-    return (f"Linear layers quantized; the input embedding ({embedding.numel() / 1e6:.1f}M of "
+    kept = (f" ({details['int8_layers']} ending in {', '.join(details['kept_in_int8'])} in int8)"
+            if details.get("int8_layers") else "")
+    return (f"Linear layers quantized{kept}; the input embedding ({embedding.numel() / 1e6:.1f}M of "
             f"{source_parameters / 1e6:.1f}M parameters) stays in {details['dtype']}, output head {head_state}.")

@@ -30,25 +30,37 @@ def _tied_head(model) -> str | None:
     return None
 
 
-def quantize_weights(model, bits: int, group_size: int | None = None) -> dict:
+# int4 keeps the layers most sensitive to it in int8, as llama.cpp's Q4_K_M keeps attention values and
+# feed-forward outputs at higher precision: on a fine-tuned SmolLM2 all-int4 cost +12.1% perplexity, this +3.6%.
+KEEP_INT8 = ("v_proj", "o_proj", "down_proj")
+
+
+def quantize_weights(model, bits: int, group_size: int | None = None, keep_int8: tuple[str, ...] = KEEP_INT8) -> dict:
     """Quantize `model`'s Linear weights in place to `bits` and freeze them; what was done, for the card.
 
     int4 scales are per group of `group_size` inputs where a layer's width allows it (else quanto's own
-    choice: up to 128, or one scale per row); int8 always has one scale per output row.
+    choice: up to 128, or one scale per row); int8 always has one scale per output row. With int4, Linear
+    layers whose names end in one of `keep_int8` get int8 instead.
     """
     from optimum.quanto import freeze, qint4, qint8, quantize
 
     tied = _tied_head(model)
     exclude = [tied.removesuffix(".weight")] if tied else []
-    quantize(model, weights={8: qint8, 4: qint4}[bits], exclude=exclude or None)
+    int8 = [f"*{name}" for name in keep_int8] if bits == 4 else []
+    if int8:
+        quantize(model, weights=qint8, include=int8, exclude=exclude or None)
+    quantize(model, weights={8: qint8, 4: qint4}[bits], exclude=exclude + int8 or None)
+    modules = _quantized_modules(model).values()
     if bits == 4 and group_size:
-        for module in _quantized_modules(model).values():
-            if module.weight.shape[1] % group_size == 0:
+        for module in modules:
+            if module.weight_qtype == qint4 and module.weight.shape[1] % group_size == 0:
                 module.weight_group_size = group_size
     freeze(model)
-    groups = sorted({m.weight_group_size for m in _quantized_modules(model).values() if m.weight_group_size})
+    groups = sorted({m.weight_group_size for m in modules if m.weight_group_size})
     return {"group_size": groups or None, "embeddings_quantized": False, "lm_head_quantized": not tied,
-            "not_quantized": exclude + ["embeddings", "norms"]}
+            "not_quantized": exclude + ["embeddings", "norms"],
+            "int8_layers": sum(m.weight_qtype == qint8 for m in modules) if bits == 4 else None,
+            "kept_in_int8": list(keep_int8) if bits == 4 else None}
 
 
 def _quantized_modules(model) -> dict:
@@ -95,7 +107,9 @@ def load_quantized_weights(model_dir: Path, dtype: torch.dtype):
         for name, buffer in module.named_buffers(recurse=False):
             if buffer.device.type == "meta":
                 setattr(module, name, torch.empty_like(buffer, device="cpu"))
-    state = load_file(model_dir / WEIGHTS)
+    # quanto's modules keep the loaded tensors as they are, and safetensors packs int8 tensors at any byte offset:
+    # an unaligned int8 weight crashes torch's int8 x bf16 CPU kernel (_weight_int8pack_mm), so each gets its own copy.
+    state = {name: tensor.clone() for name, tensor in load_file(model_dir / WEIGHTS).items()}
     model.load_state_dict(state, strict=False)
     model.tie_weights()
     _dequantize_generic_int4(model)
