@@ -177,11 +177,11 @@ def test_texts_are_drawn_from_a_data_file(qa_jsonl):
     assert texts == load_texts(qa_jsonl, 5)  # seeded
 
 
-# GGUF: llama.cpp's converter from scripts/get_llama_cpp.sh, which CI runs and points LLAMA_CPP_DIR at.
+# GGUF: llama.cpp's converter from scripts/get_llama_cpp.sh, which scripts/setup.sh runs (or LLAMA_CPP_DIR).
 LLAMA_CPP = Path(os.environ.get("LLAMA_CPP_DIR") or cache_dir() / "llama.cpp")
 needs_llama_cpp = pytest.mark.skipif(
     "LLAMA_CPP_DIR" not in os.environ and not (LLAMA_CPP / "convert_hf_to_gguf.py").is_file(),
-    reason="llama.cpp's converter not found: run scripts/get_llama_cpp.sh (CI does, and sets LLAMA_CPP_DIR)")
+    reason="llama.cpp's converter not found: run scripts/get_llama_cpp.sh (scripts/setup.sh does)")
 
 
 @pytest.fixture(scope="module")
