@@ -87,14 +87,18 @@ def _from_offline_wheel(ref: str) -> Path:
 
     def convert(staging: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_name)
-        # dequantize: plain fp32 Linear layers that train, merge and save like any checkpoint.
-        model = AutoModelForCausalLM.from_pretrained(
-            source, gguf_file=gguf_name, dtype=torch.float32, quantization_config=GgufConfig(gguf_file=gguf_name, dequantize=True)
-        )
-        model.save_pretrained(staging)
+        load_gguf(source, gguf_name).save_pretrained(staging)
         tokenizer.save_pretrained(staging)
 
     return build_dir_atomic(target, convert, "config.json")
+
+
+def load_gguf(folder: str | Path, file: str):
+    """The causal LM in folder/file (GGUF), dequantized: plain fp32 Linear layers that train, merge and save
+    like any checkpoint."""
+    return AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=file, dtype=torch.float32, quantization_config=GgufConfig(gguf_file=file, dequantize=True)
+    )
 
 
 def detect_kind(config: PretrainedConfig) -> Kind:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from medtune.models import ModelNotAvailable
+from medtune.models import ModelNotAvailable, load_gguf
 from medtune.predict import MODEL_CARD
 from medtune.quantize.methods import check_method
 from medtune.quantize.quanto_weights import load_quantized_weights
@@ -30,8 +30,7 @@ def load_quantized(model_dir: str | Path) -> tuple[torch.nn.Module, object]:
     if q["format"] == "quanto":
         model = load_quantized_weights(model_dir, getattr(torch, q["dtype"]))
     elif q["format"] == "gguf":  # dequantized: the exact stored weights, on any machine (llama.cpp reads the file itself)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=q["file"], dtype=torch.float32,
-                                                     quantization_config=GgufConfig(dequantize=True)).eval()
+        model = load_gguf(model_dir, q["file"]).eval()
     else:
         check_method(q["method"])  # fails clearly on a machine without CUDA or the library
         model = AutoModelForCausalLM.from_pretrained(model_dir, device_map="auto").eval()
