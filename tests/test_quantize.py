@@ -16,9 +16,10 @@ from conftest import qa_rows
 from safetensors import safe_open
 
 from medtune.models import cache_dir
-from medtune.predict import MODEL_CARD, Predictor, load_adapter_model
-from medtune.quantize import QuantizeError, load_quantized, quantize
-from medtune.quantize.quanto_weights import WEIGHTS
+from medtune.models import MODEL_CARD, load_adapter_model, load_quantized
+from medtune.predict import Predictor
+from medtune.quantize import QuantizeError, quantize
+from medtune.models.quanto import WEIGHTS
 from medtune.quantize.report import text_perplexity
 from medtune.quantize.texts import load_texts
 

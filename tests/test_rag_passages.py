@@ -56,12 +56,29 @@ def test_passage_jsonl_keeps_caller_ids(tmp_path):
     assert passages == [Passage("doc-7", "Gout is arthritis.", "Gout", "https://x/gout"), Passage("A", "Body", lang="es")]
 
 
+def test_document_ids_and_repeats(tmp_path):
+    """Re-exported corpora (CARES) name passages by document_id and repeat whole reports: a repeat is skipped
+    and counted, another text of the same document gets its own id; a line with no id is named by its line."""
+    path = tmp_path / "cases.jsonl"
+    rows = [{"raw_text": "Informe uno.", "document_id": 4651186.0, "topic": "TAC"},
+            {"raw_text": "Informe uno.", "document_id": 4651186.0, "topic": "TAC"},
+            {"raw_text": "Informe dos.", "document_id": 4651186.0},
+            {"raw_text": "Sin id.", "language": "es"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    passages, report = load_passages(path)
+    assert report.loader == "passages" and report.records == 4
+    assert [(p.id, p.text, p.title) for p in passages] == [("4651186", "Informe uno.", "TAC"), ("4651186~2", "Informe dos.", ""),
+                                                           ("cases:4", "Sin id.", "")]
+    assert passages[2].lang == "es"
+    assert [(s["row"], s["reason"]) for s in report.skipped] == [(2, "repeats document '4651186' of line 1 word for word")]
+
+
 @pytest.mark.parametrize(
     "bad, reason",
     [
         ({"id": "a", "text": "dup"}, "duplicate id 'a' \\(first on line 1\\)"),
-        ({"text": "no id"}, "missing 'id'"),
-        ({"id": "b", "text": "  "}, "passage 'b' has empty 'text'"),
+        ({"id": "b", "title": "no text"}, "no text field \\(one of text, raw_text, passage, content\\)"),
+        ({"id": "b", "text": "  "}, "passage 'b' has empty text"),
     ],
 )
 def test_bad_passage_rows_name_file_and_line(tmp_path, bad, reason):
@@ -78,3 +95,15 @@ def test_medquad_collection():
     passages, report = load_passages(SHARED_DATA / "medquad" / "9_CDC_QA")
     assert report.loader == "medquad" and report.passages == len(passages) > report.records - report.unanswered
     assert len({p.id for p in passages}) == len(passages)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "es_clinical_text").is_dir(), reason="es_clinical_text not in shared data")
+def test_cares_reads_as_passages_for_index_and_synth():
+    from medtune.data.report import LoadReport
+    from medtune.data.synth import read_passages
+
+    path = SHARED_DATA / "es_clinical_text" / "cares_es.jsonl"
+    passages, report = load_passages(path)
+    assert report.loader == "passages" and (report.records, len(passages), len(report.skipped)) == (1037, 648, 389)
+    synth = read_passages(path, loader=None, language="es", on_bad_row="error", report=LoadReport(source=str(path), loader=""))
+    assert [p.id for p in synth] == [p.id for p in passages] and {p.lang for p in synth} == {"es"}

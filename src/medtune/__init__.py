@@ -3,6 +3,8 @@
 __version__ = "0.1.0"
 # The small instruction model used when none is named; it also installs offline (see medtune.models).
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# The sentence-embedding model retrieval uses when none is named; it also installs offline.
+DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def load(run_dir):

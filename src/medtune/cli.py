@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from medtune import DEFAULT_MODEL
+from medtune.logs import setup as setup_logging
 
 
 def _train(args) -> None:
@@ -199,6 +200,11 @@ def _serve(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medtune", description="Build, evaluate and serve medical QA models.")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+                      help="warnings and errors only, no progress bars")
+    loud.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                      help="also the libraries' own logs and progress bars")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="run a recipe: train, evaluate, write the report; prints the run directory")
@@ -391,6 +397,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(args.verbosity)
     try:
         args.func(args)
     except Exception as exc:

@@ -8,7 +8,6 @@ pair files), starting from a base model, an SFT run's model or an SFT run's adap
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -16,15 +15,16 @@ import torch.distributed as dist
 from accelerate import PartialState
 from transformers import TrainerCallback
 
-from medtune.align.dpo import MedtuneDPOTrainer, Start, build_dpo_trainer, load_start, resolve_start, reward_history, sampler
+from medtune.logs import log
+from medtune.align.dpo import MedtuneDPOTrainer, build_dpo_trainer, check_start, reward_history, sampler
 from medtune.align.pairs import pair_splits
 from medtune.data import prepare_data
 from medtune.eval.generation import evaluate_generation
-from medtune.eval.perplexity import answer_perplexity
+from medtune.train.perplexity import answer_perplexity
 from medtune.eval.report import plot_loss_curve, write_report
 from medtune.io import write_atomic
-from medtune.models import resolve_model
-from medtune.predict import Predictor, write_model_card
+from medtune.models import load_start, resolve_start, run_card, write_card
+from medtune.predict import Predictor
 from medtune.recipe import Recipe, RecipeError, dump_recipe
 from medtune.train.common import cpu_only, fit
 from medtune.train.lora import check_method, quantization_config
@@ -51,12 +51,17 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, ca
     main = state.is_main_process
     check_method(recipe)
     m = recipe.model
-    start = resolve_start(m, method=recipe.train.method) if recipe.align else Start(resolve_model(m.name_or_path, m.kind, m.revision))
+    start = resolve_start(m.name_or_path, m.kind, m.revision)
+    if recipe.align:
+        check_start(start, method=recipe.train.method)
+    elif start.adapter:
+        raise RecipeError(f"model: {start.adapter} is a LoRA adapter; fold it into its base with `medtune merge-adapter` "
+                          "and start from the merged model")
     resolved = start.base
     if recipe.train.objective == "pretrain" and resolved.kind == "seq2seq":
         raise RecipeError(f"train.objective: pretrain is continued pre-training of causal LMs; {resolved.ref} is seq2seq")
     if main:
-        print(f"model: {start.describe()}", file=sys.stderr, flush=True)
+        log.info("model: %s", start.describe())
     run_dir = Path(run_dir) if run_dir else new_run_dir(recipe)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +84,8 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, ca
     state.wait_for_everyone()
     if main:
         p = recipe.prompt
-        write_model_card(model_dir, template=p.template, system=p.system, generation=recipe.eval.generation, resolved=resolved, adapter=adapter)
+        write_card(model_dir, run_card(template=p.template, system=p.system, generation=recipe.eval.generation.model_dump(),
+                                       base=resolved, adapter=adapter))
         after = _evaluate(trainer, tokenizer, recipe, data.splits, generate=answers_questions)
         if recipe.align:
             after["metrics"] |= _final_rewards(result.log_history)

@@ -1,20 +1,17 @@
-"""Batched generation from a finished run (or any model) with the run's own prompt format."""
+"""Batched generation from a finished run (or any model) with the run's own prompt format.
+
+Finding and loading the model is medtune.models' job; this module only generates."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
-from transformers import AutoTokenizer
 
-from medtune.io import write_json
-from medtune.models import ModelNotAvailable, ResolvedModel, load_model, load_tokenizer, resolve_model
+from medtune.logs import bar
+from medtune.models import load_for_inference
 from medtune.prompts import chat_messages, render_prompt
 from medtune.recipe import GenerationConfig
-
-MODEL_CARD = "medtune.json"  # written next to a run's final weights: prompt format, base model, generation defaults
 
 
 class Predictor:
@@ -32,18 +29,8 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, ref: str | Path) -> "Predictor":
-        """A run directory (its final model or adapter), a model directory, or a hub id."""
-        path = find_model_dir(Path(ref)) if Path(ref).exists() else None
-        card = json.loads((path / MODEL_CARD).read_text()) if path and (path / MODEL_CARD).is_file() else {}
-        if card.get("adapter"):
-            model, tokenizer = load_adapter_model(path, card)
-        elif card.get("quantization"):
-            from medtune.quantize import load_quantized  # `medtune quantize` output: quanto weights
-
-            model, tokenizer = load_quantized(path)
-        else:
-            resolved = resolve_model(str(path) if path else str(ref))
-            model, tokenizer = load_model(resolved), load_tokenizer(resolved)
+        """A run directory (its final model or adapter), any medtune model folder, a model directory, or a hub id."""
+        model, tokenizer, card = load_for_inference(ref)
         return cls(
             model,
             tokenizer,
@@ -90,7 +77,7 @@ class Predictor:
         # Sorting by length keeps padding low inside each batch; answers are put back in order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         answers: list[str] = [""] * len(prompts)
-        for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
+        for start in bar(range(0, len(order), batch_size), desc="generate", unit="batch", disable=not progress):
             idx = order[start : start + batch_size]
             for i, text in zip(idx, self.generate([prompts[i] for i in idx], **kwargs)):
                 answers[i] = text
@@ -110,40 +97,3 @@ class Predictor:
         if not self.is_seq2seq:
             out = out[:, enc["input_ids"].shape[1] :]
         return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
-
-
-def find_model_dir(path: Path) -> Path:
-    """A run directory holds model/ (full fine-tuning) or adapter/ (LoRA); other paths are model dirs."""
-    for sub in ("model", "adapter"):
-        if (path / sub / MODEL_CARD).is_file():
-            return path / sub
-    return path
-
-
-def load_adapter_model(adapter_dir: Path, card: dict, dtype: torch.dtype = torch.float32):
-    """The base model in full precision with the run's LoRA adapter on top, and the run's tokenizer."""
-    from peft import PeftModel
-
-    base = load_model(resolve_model(card["base_model"]), dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    if len(tokenizer) != base.get_input_embeddings().num_embeddings:
-        base.resize_token_embeddings(len(tokenizer))  # the run added tokens (chat markers, pad)
-    try:
-        return PeftModel.from_pretrained(base, adapter_dir), tokenizer
-    except ValueError as exc:
-        raise ModelNotAvailable(f"{adapter_dir}: adapter does not fit base model {card['base_model']}: {exc}") from None
-
-
-def write_model_card(model_dir: Path, *, template: str, system: str | None, generation: GenerationConfig, resolved: ResolvedModel, adapter: bool) -> None:
-    write_json(
-        model_dir / MODEL_CARD,
-        {
-            "template": template,
-            "system": system,
-            "generation": generation.model_dump(),
-            # A local base is recorded by absolute path so the run loads from any working directory.
-            "base_model": str(Path(resolved.location).resolve()) if resolved.origin == "local" else resolved.ref,
-            "kind": resolved.kind,
-            "adapter": adapter,
-        },
-    )

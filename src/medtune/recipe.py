@@ -111,7 +111,7 @@ class TrainConfig(_Strict):
     logging_steps: int = Field(10, gt=0)
     save_steps: int = Field(500, gt=0)
     save_total_limit: int | None = 2
-    eval_steps: int | None = Field(None, gt=0, description="Validation loss every N steps (default: each epoch)")
+    eval_steps: int | None = Field(None, gt=0, description="Validation loss every N steps while training (default: none; the validation split is scored once, after training)")
     seed: int = 42
     num_workers: int = Field(0, ge=0)
 

@@ -56,9 +56,13 @@ def make_pairs(
 
 def _sampler(recipe, cfg: PairsConfig):
     """The recipe's starting model, prepared as for DPO, generating rejected answers."""
-    from medtune.align.dpo import load_start, resolve_start, sampler
+    from medtune.align.dpo import check_start, sampler
+    from medtune.models import load_start, resolve_start
     from medtune.train.sft import prepare_tokenizer
 
-    model, tokenizer = load_start(resolve_start(recipe.model))
+    m = recipe.model
+    start = resolve_start(m.name_or_path, m.kind, m.revision)
+    check_start(start)
+    model, tokenizer = load_start(start)
     prepare_tokenizer(tokenizer, model)
     return sampler(model, tokenizer, recipe.prompt, cfg)

@@ -19,72 +19,39 @@ rejected assistant turn, rendered with the model's chat template exactly as in S
 
 from __future__ import annotations
 
-import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
 from accelerate.utils import is_peft_model
-from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch.nn.utils.rnn import pad_sequence
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from medtune.align.pairs import Generate, Pair
-from medtune.models import ResolvedModel, load_model, load_tokenizer, resolve_model
-from medtune.predict import MODEL_CARD, Predictor, find_model_dir
+from medtune.models import Start
+from medtune.predict import Predictor
 from medtune.prompts import chat_messages
-from medtune.recipe import ModelConfig, PairsConfig, PromptConfig, Recipe, RecipeError
+from medtune.recipe import PairsConfig, PromptConfig, Recipe, RecipeError
 from medtune.train.common import CountTokens, trainer_setup
 from medtune.train.lora import peft_config
 
 POLICY, REFERENCE = "default", "ref"  # PEFT's name for the trained adapter; TRL's for its frozen copy
 
 
-@dataclass(frozen=True)
-class Start:
-    base: ResolvedModel  # the full weights to load
-    adapter: Path | None = None  # an SFT run's LoRA adapter, trained on top of `base`
-
-    def describe(self) -> str:
-        return self.base.describe() + (f" + adapter {self.adapter}" if self.adapter else "")
-
-
-def resolve_start(model: ModelConfig, *, method: str | None = None) -> Start:
-    """A base model reference, a model directory, or an SFT run directory (its model/ or adapter/).
-
-    `method` is the training method, checked before any weights are read (an adapter start goes
-    on training its adapter); None when the start only generates.
-    """
-    path = Path(model.name_or_path).expanduser()
-    model_dir = find_model_dir(path) if path.is_dir() else None
-    card = json.loads((model_dir / MODEL_CARD).read_text()) if model_dir and (model_dir / MODEL_CARD).is_file() else {}
-    if card.get("adapter"):
-        if method == "full":
-            raise RecipeError(
-                f"model: {model_dir} is a LoRA adapter, and DPO goes on training it: set train.method=lora (or qlora), "
-                "or fold it into its base first with `medtune merge-adapter` and start from the merged model"
-            )
-        start = Start(resolve_model(card["base_model"]), adapter=model_dir)
-    else:
-        start = Start(resolve_model(str(model_dir or model.name_or_path), model.kind, model.revision))
+def check_start(start: Start, *, method: str | None = None) -> None:
+    """What DPO can start from, checked before any weights are read: a causal LM, and an adapter start goes
+    on training its adapter."""
+    if start.adapter and method == "full":
+        raise RecipeError(
+            f"model: {start.adapter} is a LoRA adapter, and DPO goes on training it: set train.method=lora (or qlora), "
+            "or fold it into its base first with `medtune merge-adapter` and start from the merged model"
+        )
     if start.base.kind != "causal":
-        raise RecipeError(f"align: DPO trains causal LMs; {model.name_or_path} is a {start.base.kind} model")
-    return start
-
-
-def load_start(start: Start, quantization_config=None):
-    """The starting model and its tokenizer; an adapter start comes back as a trainable PEFT model."""
-    model = load_model(start.base, quantization_config=quantization_config)
-    if start.adapter is None:
-        return model, load_tokenizer(start.base)
-    tokenizer = AutoTokenizer.from_pretrained(start.adapter)
-    if len(tokenizer) != model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))  # the SFT run added tokens (chat markers, pad)
-    return PeftModel.from_pretrained(model, start.adapter, is_trainable=True), tokenizer
+        raise RecipeError(f"align: DPO trains causal LMs; {start.base.ref} is a {start.base.kind} model")
 
 
 def sampler(model, tokenizer, prompt: PromptConfig, cfg: PairsConfig) -> Generate:
@@ -180,7 +147,7 @@ def build_dpo_trainer(
     a, t, p = recipe.align, recipe.train, recipe.prompt
     adapter_start = is_peft_model(model)
     has_eval = len(pairs.get("validation", [])) > 0
-    common, tracking_callbacks = trainer_setup(recipe, run_dir, model, has_eval=has_eval)
+    common, tracking_callbacks = trainer_setup(recipe, run_dir, model, has_eval=has_eval, eval_each_epoch=True)
     args = DPOConfig(
         **common,
         beta=a.beta,

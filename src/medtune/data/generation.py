@@ -16,7 +16,8 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from medtune.logs import bar
+
 
 Generate = Callable[[list[str]], list[str]]  # a batch of inputs (texts or user messages) -> one output each
 
@@ -104,14 +105,14 @@ def generate_cached(
         if key not in cache:
             todo.setdefault(key, text)
     order = sorted(todo, key=lambda k: len(todo[k]))
-    with tqdm(total=len(order), desc=desc, unit="item", disable=not progress or not order) as bar:
+    with bar(total=len(order), desc=desc, unit="item", disable=not progress or not order) as progress_bar:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             outputs = generate([todo[k] for k in batch])
             if len(outputs) != len(batch):
                 raise RuntimeError(f"generate returned {len(outputs)} outputs for {len(batch)} inputs")
             cache.put_many(dict(zip(batch, outputs, strict=True)))
-            bar.update(len(batch))
+            progress_bar.update(len(batch))
     counts = {"items": len(keys), "unique": len(set(keys)), "cached": len(set(keys)) - len(order), "generated": len(order)}
     return [cache.get(k) for k in keys], counts
 

@@ -26,8 +26,8 @@ import re
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -42,11 +42,11 @@ from medtune.data.generation import (
     generate_cached,
 )
 from medtune.data.loaders import infer_loader, load_source
+from medtune.data.passages import Passage, is_passage_jsonl, read_passage_jsonl
 from medtune.data.report import DataError, LoadReport
 from medtune.data.split import normalize
-from medtune.data.tabular import jsonl_objects
+from medtune import DEFAULT_MODEL
 from medtune.io import write_atomic, write_json
-from medtune.models import DEFAULT_MODEL
 from medtune.recipe import SourceConfig
 from medtune.records import QARecord
 
@@ -66,62 +66,19 @@ PROMPTS = {
     ),
 }
 DEFAULT_GENERATION = {"max_new_tokens": 256, "num_beams": 1, "do_sample": False}
-TEXT_KEYS = ("text", "raw_text", "passage", "content")  # passage JSONL: the first one present
-ID_KEYS = ("id", "document_id")
-TITLE_KEYS = ("title", "topic")
-
-
-@dataclass(frozen=True, slots=True)
-class Passage:
-    id: str
-    text: str
-    language: str
-    title: str = ""
-    url: str = ""
 
 
 # --- passages ------------------------------------------------------------------------------
 
 def read_passages(source: Path, *, loader: str | None, language: str | None, on_bad_row: Literal["error", "skip"],
-                  report: LoadReport) -> Iterator[Passage]:
-    """A passage JSONL line by line (loader "passages", or None and the file looks like one), or
-    the answers of a QA source."""
-    if loader == "passages" or (loader is None and source.suffix.lower() == ".jsonl" and _is_passage_file(source)):
-        report.loader = "passages"
-        cfg = SourceConfig(loader="jsonl", path=str(source), on_bad_row=on_bad_row)
-        for line, item in jsonl_objects(source, cfg, report):
-            text = next((item[k] for k in TEXT_KEYS if isinstance(item.get(k), str)), None)
-            if text is None:
-                report.reject(DataError(source, f"no text field (one of {list(TEXT_KEYS)})", line=line), on_bad_row)
-                continue
-            pid = next((_text_id(item[k]) for k in ID_KEYS if item.get(k) not in (None, "")), f"{source.stem}:{line}")
-            yield Passage(id=pid, text=text, language=language or item.get("lang") or item.get("language") or "en",
-                          title=next((str(item[k]) for k in TITLE_KEYS if item.get(k)), ""), url=str(item.get("url") or ""))
-        return
+                  report: LoadReport) -> list[Passage]:
+    """A passage JSONL (loader "passages", or None and the file is one), or the answers of a QA source."""
+    if loader == "passages" or (loader is None and is_passage_jsonl(source)):
+        return read_passage_jsonl(source, report, on_bad_row, language)
     cfg = SourceConfig(loader=loader or infer_loader(source), path=str(source), language=language or "en", on_bad_row=on_bad_row)
     records, qa_report = load_source(cfg)
     report.loader, report.files_read, report.rows_seen, report.skipped = cfg.loader, qa_report.files_read, qa_report.rows_seen, qa_report.skipped
-    for r in records:
-        if r.answered:
-            yield Passage(id=r.id, text=r.answer, language=language or r.language, title=r.focus, url=r.url)
-
-
-def _is_passage_file(path: Path) -> bool:
-    """A JSONL file whose first object has a text field and no question."""
-    with open(path, encoding="utf-8-sig") as fh:
-        for line in fh:
-            if line.strip():
-                try:
-                    first = json.loads(line)
-                except json.JSONDecodeError:
-                    return False  # the QA loader reports it with its line number
-                return isinstance(first, dict) and "question" not in first and any(k in first for k in TEXT_KEYS)
-    return False
-
-
-def _text_id(value) -> str:
-    # pandas exports write integer ids as floats (4433836.0)
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    return [Passage(id=r.id, text=r.answer, lang=language or r.language, title=r.focus, url=r.url) for r in records if r.answered]
 
 
 def truncate(text: str, max_chars: int) -> str:
@@ -247,11 +204,11 @@ def synthesize_records(
 ) -> tuple[list[QARecord], dict]:
     """Records kept and counts. `generate` answers a batch of prompts (user messages)."""
     for p in passages:
-        if p.language not in PROMPTS:
-            raise ValueError(f"passage {p.id}: no prompt for language {p.language!r}; choose one of {list(PROMPTS)}")
+        if p.lang not in PROMPTS:
+            raise ValueError(f"passage {p.id}: no prompt for language {p.lang!r}; choose one of {list(PROMPTS)}")
     settings = json.dumps(generation or {}, sort_keys=True)
-    prompts = [PROMPTS[p.language].format(n=per_passage, passage=p.text) for p in passages]
-    keys = [content_key(model_id, TEMPLATE_VERSION, settings, p.language, str(per_passage), p.text) for p in passages]
+    prompts = [PROMPTS[p.lang].format(n=per_passage, passage=p.text) for p in passages]
+    keys = [content_key(model_id, TEMPLATE_VERSION, settings, p.lang, str(per_passage), p.text) for p in passages]
     outputs, counts = generate_cached(prompts, keys, generate, cache, batch_size=batch_size, desc="synthesize", progress=progress)
 
     records, dropped, seen_pairs = [], Counter(), set()
@@ -288,7 +245,7 @@ def synthesize_records(
             seen_pairs.add((key, normalize(answer)))
             records.append(QARecord(
                 question=question, answer=answer, id=f"{passage.id}#{len(seen_questions)}", source=source_name,
-                url=passage.url, focus=passage.title or passage.id, language=passage.language, context=passage.text,
+                url=passage.url, focus=passage.title or passage.id, language=passage.lang, context=passage.text,
             ))
     report = {"passages": len(passages), "generations": counts, "pairs_parsed": pairs_parsed,
               "records": len(records), "dropped": dict(sorted((k, v) for k, v in dropped.items() if v))}
@@ -341,7 +298,7 @@ def synthesize(
         else:
             seen.add(normalize(text))
             truncated += len(text) < len(p.text.strip())
-            passages.append(Passage(p.id, text, p.language, p.title, p.url))
+            passages.append(replace(p, text=text))
     if generate is None:
         generate = LazyGenerate(lambda: chat_generator(model, generation))
 
@@ -358,7 +315,7 @@ def synthesize(
         "passages_skipped": dict(sorted(skipped.items())), "passages_truncated": truncated,
         "skipped_rows": load_report.skipped, "cache": str(cache.path), "seconds": round(time.monotonic() - start, 2),
     }
-    languages = sorted({p.language for p in passages})
+    languages = sorted({p.lang for p in passages})
     write_json(provenance_path(out), {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": model,

@@ -41,7 +41,7 @@ from medtune.data.loaders import infer_loader, load_source
 from medtune.data.split import normalize
 from medtune.sentences import split_sentences
 from medtune.io import write_atomic
-from medtune.models import DEFAULT_MODEL
+from medtune import DEFAULT_MODEL
 from medtune.recipe import SourceConfig
 from medtune.records import QARecord
 
@@ -156,15 +156,11 @@ def clean_output(text: str) -> str:
 
 def detect_kind(model: str) -> Literal["seq2seq", "llm"]:
     """From the config (or a run's model card) alone, so that a fully cached rerun loads no weights."""
-    from medtune.models import resolve_model
-    from medtune.predict import MODEL_CARD, find_model_dir
+    from medtune.models import read_card, resolve_model
 
-    path = Path(model)
-    if path.exists():
-        path = find_model_dir(path)
-        if (path / MODEL_CARD).is_file():
-            return "seq2seq" if json.loads((path / MODEL_CARD).read_text())["kind"] == "seq2seq" else "llm"
-    return "seq2seq" if resolve_model(str(path) if path.exists() else model).kind == "seq2seq" else "llm"
+    folder, card = read_card(model)
+    kind = card.get("kind") or resolve_model(str(folder or model)).kind
+    return "seq2seq" if kind == "seq2seq" else "llm"
 
 
 def seq2seq_generator(model: str, source_lang: str, target_lang: str, generation: dict) -> Generate:

@@ -18,7 +18,8 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
+
+from medtune.logs import bar
 
 # Logits of one options pass are (rows x option tokens x vocabulary) floats; keep them near 256 MiB.
 _LOGIT_BUDGET = 2**26
@@ -78,13 +79,13 @@ class OptionScorer:
         encoded = [self.encode(r, i) for i, r in enumerate(requests)]
         encoded.sort(key=lambda e: -len(e.context))  # similar prompt lengths share a batch
         scores: list[list[float]] = [[] for _ in requests]
-        bar = tqdm(total=len(encoded), desc=desc, disable=not progress, leave=False)
+        progress_bar = bar(total=len(encoded), desc=desc, disable=not progress)
         for batch in self._batches(encoded):
             run = self._score_seq2seq if self.is_seq2seq else self._score_causal
             for e, s in zip(batch, run(batch)):
                 scores[e.index] = s
-            bar.update(len(batch))
-        bar.close()
+            progress_bar.update(len(batch))
+        progress_bar.close()
         return scores
 
     def _batches(self, encoded: list[_Encoded]):

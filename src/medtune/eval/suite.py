@@ -12,10 +12,10 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
+from medtune.logs import log
 from medtune.eval.choice_metrics import LETTERS, predictions, summarize
 from medtune.eval.generation import evaluate_generation
 from medtune.eval.loglik import OptionScorer, Request
@@ -64,7 +64,7 @@ def evaluate(
     (out_dir / "items").mkdir(parents=True, exist_ok=True)
     results = {}
     for task, data in loaded:
-        print(f"{task.name}: {len(data.items)} items", file=sys.stderr, flush=True)
+        log.info("%s: %d items", task.name, len(data.items))
         if task.kind == "choice":
             scorer = OptionScorer(predictor.model, predictor.tokenizer, batch_tokens=batch_tokens)
             result, rows = run_choice_task(task, data, scorer, num_fewshot=num_fewshot, limit=limit, prompt_language=prompt_language, seed=seed)

@@ -6,20 +6,16 @@ quantized weights would round the adapter's small updates away.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from medtune.io import replace_dir_atomic, write_json
-from medtune.models import ModelNotAvailable
-from medtune.predict import MODEL_CARD, find_model_dir, load_adapter_model
+from medtune.io import replace_dir_atomic
+from medtune.models import ModelNotAvailable, load_adapter_model, read_card, write_card
 
 
 def merge_adapter(run_dir: str | Path, out: str | Path) -> Path:
-    adapter_dir = find_model_dir(Path(run_dir))
-    card_path = adapter_dir / MODEL_CARD
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    adapter_dir, card = read_card(run_dir)
     if not card.get("adapter"):
         raise ModelNotAvailable(f"{run_dir}: no LoRA adapter here (merge-adapter takes the run directory of a lora/qlora run)")
     model, tokenizer = load_adapter_model(adapter_dir, card, dtype=torch.float32)
@@ -28,6 +24,6 @@ def merge_adapter(run_dir: str | Path, out: str | Path) -> Path:
     def save(staging: Path) -> None:  # written aside and swapped in, so `out` is never a half-saved model
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        write_json(staging / MODEL_CARD, card | {"adapter": False, "merged_from": str(adapter_dir.resolve())})
+        write_card(staging, card | {"adapter": False, "merged_from": str(adapter_dir.resolve())})
 
     return replace_dir_atomic(Path(out), save)

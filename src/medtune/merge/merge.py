@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
+from medtune.logs import log
 from medtune.io import build_dir_atomic, write_json
 from medtune.merge.methods import linear, merge_task_vectors, slerp, tensor_seed
-from medtune.models import resolve_model
-from medtune.predict import MODEL_CARD, find_model_dir
+from medtune.models import read_card, resolve_model
 from medtune.recipe import MergeConfig, MergeRecipe, MergeSource
 
 REPORT = "merge_report.json"
@@ -66,15 +65,13 @@ def open_source(src: MergeSource) -> Source:
     """Resolve a recipe's model reference (run dir, local dir, hub cache, hub) to its folder and weights."""
     path = Path(src.model).expanduser()
     if path.is_dir():
-        path = find_model_dir(path)  # a medtune run directory holds model/ or adapter/
-        card = json.loads((path / MODEL_CARD).read_text()) if (path / MODEL_CARD).is_file() else {}
+        path, card = read_card(path)  # a medtune run directory holds model/ or adapter/
         if card.get("adapter"):
             raise MergeError(f"{src.model}: a LoRA adapter, not a full model; run `medtune merge-adapter` on it first")
     resolved = resolve_model(str(path) if path.exists() else src.model, revision=src.revision)
     folder = Path(resolved.location)
-    if resolved.origin in ("hub-cache", "hub"):
-        folder = Path(snapshot_download(src.model, revision=src.revision, allow_patterns=SNAPSHOT_FILES,
-                                        local_files_only=resolved.origin == "hub-cache"))
+    if resolved.origin == "hub":  # the weights themselves (resolving read only the config)
+        folder = Path(snapshot_download(src.model, revision=src.revision, allow_patterns=SNAPSHOT_FILES))
     return Source(src.model, folder, _weight_map(src.model, folder))
 
 
@@ -241,7 +238,7 @@ def merge_models(recipe: MergeRecipe | MergeConfig, out_dir: str | Path | None =
     base = open_source(cfg.base_model) if cfg.base_model else None
     for s in [*([base] if base else []), *models]:
         where = "" if Path(s.ref) == s.dir else f" ({s.dir})"
-        print(f"merge: {s.ref}{where}, {len(s.weights)} tensors", file=sys.stderr, flush=True)
+        log.info("merge: %s%s, %d tensors", s.ref, where, len(s.weights))
     check_compatible([base, *models] if base else models)
     template = base or models[0]
 

@@ -2,7 +2,6 @@
 perplexity reports against the source; GGUF for llama.cpp/Ollama through llama.cpp's own converter (quantize.gguf)."""
 
 from medtune.quantize.convert import quantize
-from medtune.quantize.load import load_quantized
 from medtune.quantize.methods import METHODS, QuantizeError, check_method
 
-__all__ = ["METHODS", "QuantizeError", "check_method", "load_quantized", "quantize"]
+__all__ = ["METHODS", "QuantizeError", "check_method", "quantize"]

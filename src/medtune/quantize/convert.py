@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,13 +11,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from medtune.io import build_dir_atomic, write_json
+from medtune.io import build_dir_atomic
 from medtune.merge.adapter import merge_adapter
-from medtune.models import ResolvedModel, load_model, load_tokenizer, resolve_model
-from medtune.predict import MODEL_CARD, find_model_dir
+from medtune.models import MODEL_CARD, ResolvedModel, load_model, load_quantized, load_tokenizer, read_card, resolve_model, write_card
 from medtune.quantize.gguf import check_gguf, gguf_note, gguf_sizes, write_gguf
 from medtune.quantize.gpu_methods import quantize_on_gpu
-from medtune.quantize.load import load_quantized
 from medtune.quantize.methods import QuantizeError, check_method
 from medtune.quantize.quanto_weights import KEEP_INT8, quantize_weights, save_quantized_weights
 from medtune.quantize.report import (
@@ -101,7 +98,7 @@ def quantize(
             quantization = {"method": m.name, "bits": m.bits, "library": m.library,
                             "library_version": gguf.version if gguf else version(m.library),
                             "format": "gguf" if gguf else "transformers" if m.cuda else "quanto", "source_model": source["model"]} | details
-            write_json(staging / MODEL_CARD, card | {"adapter": False, "quantization": quantization})
+            write_card(staging, card | {"adapter": False, "quantization": quantization})
             reloaded, _ = load_quantized(staging)  # what is measured is what was saved
             if gguf:  # reloaded is dequantized: the sizes that count are the file's and what llama.cpp maps of it
                 quantized = {"dtype": gguf.outtype} | gguf_sizes(staging / gguf.file)
@@ -129,9 +126,7 @@ def _texts(given, ref, n: int, split: str) -> list[str] | None:
 @contextmanager
 def _source_folder(ref: str | Path, scratch: Path) -> Iterator[tuple[str, dict]]:
     """(what resolve_model takes, the run's model card). An adapter run is merged into a scratch folder."""
-    model_dir = find_model_dir(Path(ref)) if Path(ref).exists() else None
-    card_path = model_dir / MODEL_CARD if model_dir else None
-    card = json.loads(card_path.read_text()) if card_path and card_path.is_file() else {}
+    model_dir, card = read_card(ref)
     if "quantization" in card:
         q = card["quantization"]
         raise QuantizeError(f"{ref}: already quantized (--method {q['method']}); quantize its full-precision source, "
@@ -142,7 +137,7 @@ def _source_folder(ref: str | Path, scratch: Path) -> Iterator[tuple[str, dict]]
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch, prefix=".merge-") as tmp:
         merged = merge_adapter(ref, Path(tmp) / "merged")
-        yield str(merged), json.loads((merged / MODEL_CARD).read_text())
+        yield str(merged), read_card(merged)[1]
 
 
 def _load_source(resolved: ResolvedModel, *, on_gpu: bool):
@@ -159,8 +154,8 @@ def _name(resolved: ResolvedModel) -> str:
 
 
 def _folder(resolved: ResolvedModel) -> Path:
-    """The folder holding the model's files (a hub id's cached snapshot)."""
-    if resolved.origin in ("local", "offline-wheel"):
+    """The folder holding the model's files (a hub id's snapshot, cached when its weights were loaded)."""
+    if resolved.origin != "hub":
         return Path(resolved.location)
     from huggingface_hub import snapshot_download
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from medtune.eval.perplexity import answer_perplexity
+from medtune.train.perplexity import answer_perplexity
 from medtune.io import write_atomic, write_json
 
 REPORT = "quantize_report"
@@ -46,7 +46,7 @@ def _pad(features: list[dict]) -> dict[str, torch.Tensor]:
 
 def text_perplexity(model, tokenizer, texts: list[str], *, max_length: int = 512, batch_size: int = 4) -> dict:
     """Token-weighted perplexity of whole texts (every token after the first is predicted and counted),
-    through medtune.eval.perplexity so the arithmetic is the one training evaluation uses."""
+    through medtune.train.perplexity so the arithmetic is the one training evaluation uses."""
     enc = tokenizer(texts, truncation=True, max_length=max_length)
     keep = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) > 1]
     ids = [enc["input_ids"][i] for i in keep]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from medtune.predict import find_model_dir
+from medtune.models.card import find_model_dir
 from medtune.recipe import load_recipe
 
 RUN_RECIPE = "recipe.yaml"  # the resolved recipe a run directory keeps

@@ -7,7 +7,8 @@
 
 from medtune.rag.evaluate import batch_retrieve, build_medquad_selftest, evaluate_retrieval
 from medtune.rag.index import Index, IndexMismatch, build_index, load_index
-from medtune.rag.passages import Passage, PassageReport, load_passages
+from medtune.data.passages import Passage
+from medtune.rag.passages import PassageReport, load_passages
 from medtune.rag.retrieve import Fusion, Hit, Retriever
 
 __all__ = [

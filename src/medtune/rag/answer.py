@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from medtune.sentences import split_sentences
-from medtune.models import DEFAULT_MODEL
+from medtune import DEFAULT_MODEL
 from medtune.rag.retrieve import Hit, Retriever
 from medtune.rag.safety import SafetyRules, SafetyVerdict, load_rules
 

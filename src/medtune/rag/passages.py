@@ -6,13 +6,12 @@ Two ways in:
     Long answers are cut into overlapping word windows, each repeating the question, so that a
     window deep in a long answer is still found by the question it answers; window n of record
     `qid` is `qid#n` and keeps the record's url, title, source and language.
-  * a passage JSONL (`{"id", "text", "title"?, "url"?, "source"?, "lang"?}`): the caller's own
-    units, kept whole and under the caller's ids.
+  * a passage JSONL (see medtune.data.passages): the caller's own units, kept whole and under
+    the caller's ids.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,8 +19,8 @@ from typing import Any, Literal
 
 from medtune.data import load_source
 from medtune.data.loaders import infer_loader
+from medtune.data.passages import Passage, is_passage_jsonl, read_passage_jsonl
 from medtune.data.report import DataError, LoadReport
-from medtune.data.tabular import jsonl_objects
 from medtune.recipe import SourceConfig
 from medtune.records import QARecord
 
@@ -29,20 +28,6 @@ from medtune.records import QARecord
 # tokens (BM25 sees all of it); smaller windows mean more passages to embed.
 CHUNK_WORDS = 250
 OVERLAP = 50
-PASSAGE_FIELDS = ("id", "text", "title", "url", "source", "lang")
-
-
-@dataclass(frozen=True, slots=True)
-class Passage:
-    id: str
-    text: str
-    title: str = ""
-    url: str = ""
-    source: str = ""
-    lang: str = "en"
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 @dataclass
@@ -110,39 +95,6 @@ def passages_from_records(
     return passages
 
 
-def read_passages_jsonl(path: Path, report: PassageReport, on_bad_row: Literal["error", "skip"] = "error") -> list[Passage]:
-    passages: list[Passage] = []
-    ids: dict[str, int] = {}
-    read = LoadReport(source=str(path), loader="passages")  # counts and rejects bad lines as the QA loaders do
-    for line_no, row in jsonl_objects(path, SourceConfig(loader="passages", path=str(path), on_bad_row=on_bad_row), read):
-        pid, text = str(row.get("id") or "").strip(), str(row.get("text") or "").strip()
-        if not pid:
-            read.reject(DataError(path, "missing 'id'", line=line_no), on_bad_row)
-        elif not text:
-            read.reject(DataError(path, f"passage {pid!r} has empty 'text'", line=line_no), on_bad_row)
-        elif pid in ids:
-            read.reject(DataError(path, f"duplicate id {pid!r} (first on line {ids[pid]})", line=line_no), on_bad_row)
-        else:
-            ids[pid] = line_no
-            extra = {k: str(row[k]) for k in PASSAGE_FIELDS[2:] if row.get(k) is not None}
-            passages.append(Passage(id=pid, text=text, **extra))
-    report.records, report.skipped, report.passages = read.rows_seen, read.skipped, len(passages)
-    return passages
-
-
-def _is_passage_jsonl(path: Path) -> bool:
-    """A JSONL whose first row has `text` and no `question` holds passages, not QA pairs."""
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    return False  # let the QA loader report the bad line
-                return isinstance(row, dict) and "text" in row and "question" not in row
-    return False
-
-
 def load_passages(
     source_path: str | Path,
     loader: str | None = None,
@@ -154,17 +106,21 @@ def load_passages(
     """Passages from a MedQuAD tree, a passage JSONL (`loader="passages"`) or any QA file medtune reads.
 
     Without `loader` it is inferred: a directory of XML is MedQuAD, a .jsonl whose rows have
-    `text` is a passage file, anything else goes by medtune's QA loaders.
+    a text field and no question is a passage file (medtune.data.passages), anything else goes by
+    medtune's QA loaders.
     """
     path = Path(source_path)
     if not path.exists():
         raise DataError(path, "no such file or directory")
     windows([], chunk_words, overlap)  # validate the settings before reading anything
     if loader is None:
-        loader = "passages" if path.suffix.lower() == ".jsonl" and _is_passage_jsonl(path) else infer_loader(path)
+        loader = "passages" if is_passage_jsonl(path) else infer_loader(path)
     report = PassageReport(source=str(path), loader=loader, chunk_words=chunk_words, overlap=overlap)
     if loader == "passages":
-        return read_passages_jsonl(path, report, on_bad_row), report
+        read = LoadReport(source=str(path), loader=loader)
+        passages = read_passage_jsonl(path, read, on_bad_row)
+        report.records, report.skipped, report.passages = read.rows_seen, read.skipped, len(passages)
+        return passages, report
     records, load_report = load_source(SourceConfig(loader=loader, path=str(path), on_bad_row=on_bad_row))
     report.skipped = load_report.skipped
     return passages_from_records(records, report, chunk_words=chunk_words, overlap=overlap), report

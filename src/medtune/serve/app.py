@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medtune.predict import Predictor
-from medtune.models import DEFAULT_MODEL
+from medtune import DEFAULT_MODEL
 from medtune.serve.config import ServeConfig, config_from_dict, load_config
 from medtune.serve.engine import EngineTimeout, RequestRejected
 from medtune.serve.protocol import APIError, ChatRequest, Reply, RetrieveRequest, parse_body, sse, usage

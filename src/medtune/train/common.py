@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from medtune.logs import bar, log
 from medtune.recipe import Recipe, RecipeError
+
+# transformers 5 renamed gradient checkpointing (the old name warns); older 5.x releases know only the old one.
+CHECKPOINTING = next((f.name for f in fields(TrainingArguments) if f.name == "activation_checkpointing"), "gradient_checkpointing")
 
 
 def cpu_only() -> bool:
@@ -72,7 +77,6 @@ class TrainResult:
     train_loss: float
     runtime_s: float
     train_tokens: int
-    eval_loss: float | None = None
     log_history: list[dict] = field(default_factory=list)
 
     @property
@@ -83,7 +87,6 @@ class TrainResult:
         return {
             "global_step": self.global_step,
             "train_loss": self.train_loss,
-            "eval_loss": self.eval_loss,
             "runtime_s": round(self.runtime_s, 2),
             "train_tokens": self.train_tokens,
             "train_tokens_per_s": round(self.tokens_per_s, 1),
@@ -91,9 +94,15 @@ class TrainResult:
         }
 
 
-def training_kwargs(recipe: Recipe, output_dir: Path, precision: str, report_to: list[str], *, has_eval: bool) -> dict:
-    """TrainingArguments fields every medtune trainer sets the same way from the recipe."""
+def training_kwargs(recipe: Recipe, output_dir: Path, precision: str, report_to: list[str], *, has_eval: bool,
+                    eval_each_epoch: bool = False) -> dict:
+    """TrainingArguments fields every medtune trainer sets the same way from the recipe.
+
+    The validation split is scored once, after training, by the pipeline (answer perplexity); the trainer
+    evaluates on its own only every `train.eval_steps` when asked, or each epoch with `eval_each_epoch`
+    (DPO, whose reward accuracy only its evaluation computes)."""
     t = recipe.train
+    periodic = "steps" if t.eval_steps else "epoch" if eval_each_epoch else "no"
     return dict(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
@@ -102,7 +111,7 @@ def training_kwargs(recipe: Recipe, output_dir: Path, precision: str, report_to:
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        gradient_checkpointing=t.gradient_checkpointing,
+        **{CHECKPOINTING: t.gradient_checkpointing},
         weight_decay=t.weight_decay,
         warmup_steps=t.warmup_ratio,  # a float below 1 is a fraction of all steps
         lr_scheduler_type=t.lr_scheduler,
@@ -115,7 +124,7 @@ def training_kwargs(recipe: Recipe, output_dir: Path, precision: str, report_to:
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
-        eval_strategy="no" if not has_eval else ("steps" if t.eval_steps else "epoch"),
+        eval_strategy=periodic if has_eval else "no",
         eval_steps=t.eval_steps,
         seed=t.seed,
         data_seed=t.seed,
@@ -125,15 +134,57 @@ def training_kwargs(recipe: Recipe, output_dir: Path, precision: str, report_to:
     )
 
 
-def trainer_setup(recipe: Recipe, run_dir: Path, model, *, has_eval: bool) -> tuple[dict, list[TrainerCallback]]:
+def trainer_setup(recipe: Recipe, run_dir: Path, model, *, has_eval: bool, eval_each_epoch: bool = False) -> tuple[dict, list[TrainerCallback]]:
     """Arguments and tracking callbacks for a run of `model`, the same for every trainer."""
     precision = choose_precision(recipe.train.precision, model.config.model_type)
     report_to, callbacks = tracking(recipe, run_dir)
-    return training_kwargs(recipe, run_dir / "checkpoints", precision, report_to, has_eval=has_eval), callbacks
+    kwargs = training_kwargs(recipe, run_dir / "checkpoints", precision, report_to, has_eval=has_eval, eval_each_epoch=eval_each_epoch)
+    return kwargs, callbacks
+
+
+class TrainingLine(TrainerCallback):
+    """Training progress as one live line (step, loss, learning rate, tokens/s, ETA) in place of the
+    Trainer's bar and its raw log dicts, and one summary line at the end."""
+
+    def __init__(self, trainer):
+        self.trainer, self.bar, self.first_loss, self.last_loss = trainer, None, None, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = bar(desc="train", total=state.max_steps, initial=state.global_step, unit="step")
+            self.started, self.tokens_before = time.perf_counter(), self.trainer.train_tokens
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is None or not logs:
+            return
+        if "loss" in logs:
+            self.first_loss = self.first_loss if self.first_loss is not None else logs["loss"]
+            self.last_loss = logs["loss"]
+        shown = {"loss": self.last_loss, "lr": logs.get("learning_rate"), "eval_loss": logs.get("eval_loss"),
+                 "tok/s": self._tokens_per_s()}
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items() if v is not None}, refresh=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is None:
+            return
+        self.bar.close()
+        losses = f", loss {self.first_loss:.3f} -> {self.last_loss:.3f}" if self.last_loss is not None else ""
+        log.info("trained %d steps in %.0f s%s, %.0f tokens/s", state.global_step, time.perf_counter() - self.started,
+                 losses, self._tokens_per_s())
+
+    def _tokens_per_s(self) -> float:
+        return (self.trainer.train_tokens - self.tokens_before) / max(time.perf_counter() - self.started, 1e-9)
 
 
 def fit(trainer, *, resume: bool = False) -> TrainResult:
-    """Train (from the latest checkpoint when resuming), then the validation loss if there is a split."""
+    """Train (from the latest checkpoint when resuming), showing one live progress line."""
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(TrainingLine(trainer))
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=True if resume else None)
     runtime = time.perf_counter() - start
@@ -142,6 +193,5 @@ def fit(trainer, *, resume: bool = False) -> TrainResult:
         train_loss=output.training_loss,
         runtime_s=runtime,
         train_tokens=trainer.train_tokens,
-        eval_loss=trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None,
         log_history=list(trainer.state.log_history),
     )

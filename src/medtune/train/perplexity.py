@@ -12,7 +12,8 @@ import datasets
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+
+from medtune.logs import bar
 
 _MODEL_INPUTS = ["input_ids", "attention_mask", "labels"]
 
@@ -24,7 +25,7 @@ def answer_perplexity(model, ds: datasets.Dataset, collator, *, batch_size: int 
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
-    for batch in tqdm(DataLoader(ds, batch_size=batch_size, collate_fn=collator), desc=desc, leave=False):
+    for batch in bar(DataLoader(ds, batch_size=batch_size, collate_fn=collator), desc=desc):
         batch = {k: v.to(model.device) for k, v in batch.items() if k in _MODEL_INPUTS}
         labels = batch.pop("labels")
         if model.config.is_encoder_decoder:
