@@ -50,6 +50,8 @@ def setup(verbosity: int = 0) -> None:
     # renamed `is_gradient_checkpointing`): nothing a medtune user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module=LIBRARIES)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=LIBRARIES)
+    # peft saves the embedding with an adapter when a run added tokens (chat markers, pad): medtune's design.
+    warnings.filterwarnings("ignore", message="Setting `save_embedding_layers` to `True`", module="peft")
     # Libraries imported before this call read the variables already: tell them directly.
     if "transformers" in sys.modules:
         import transformers

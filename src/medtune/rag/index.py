@@ -139,13 +139,14 @@ def build_index(
         langs = sorted({p.lang for p in passages})
         stopwords = _stopwords(langs)
         bm25 = bm25s.BM25()
-        bm25.index(bm25s.tokenize(texts, stopwords=stopwords, show_progress=progress), show_progress=progress)
+        # BM25 and HNSW take seconds even for MedQuAD: embedding is the stage with a bar
+        bm25.index(bm25s.tokenize(texts, stopwords=stopwords, show_progress=False), show_progress=False)
         bm25.save(staging / "bm25")
 
         # Connectivity and expansions above usearch's defaults: recall close to exact search
         # at these sizes, and a single query still takes a fraction of a millisecond.
         hnsw = HNSW(ndim=emb.dim, metric="ip", dtype="f16", connectivity=32, expansion_add=200, expansion_search=200)
-        hnsw.add(np.arange(len(passages), dtype=np.uint64), vectors, log=progress)
+        hnsw.add(np.arange(len(passages), dtype=np.uint64), vectors, log=False)
         hnsw.save(str(staging / "dense.usearch"))
 
         write_atomic(staging / "passages.jsonl", "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in passages))
