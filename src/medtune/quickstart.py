@@ -1,11 +1,14 @@
-"""`medtune quickstart`: fine-tune the default small model on MedQuAD and show before/after.
+"""`medtune quickstart`: fine-tune the default small model on MedQuAD, show before/after, then answer the
+same questions the way medtune is meant to be used: grounded in MedQuAD's NIH pages, with citations.
 
 MedQuAD comes from --data-dir / $MEDTUNE_DATA_DIR when given (a folder holding `medquad/`, or
-the XML tree itself); otherwise from its public GitHub archive, downloaded once and cached.
+the XML tree itself); otherwise from its public GitHub archive, downloaded once and cached. Its
+retrieval index is built once into medtune's cache and reused by later runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -21,8 +24,13 @@ from rich.console import Console
 from rich.table import Table
 
 from medtune.data import DataError
+from medtune.logs import log
 from medtune.models import cache_dir
 from medtune.pipeline import run
+from medtune.predict import Predictor
+from medtune.rag import Retriever, build_index, load_index, load_passages
+from medtune.rag.answer import Answerer, GroundedAnswer
+from medtune.rag.index import FORMAT
 from medtune.recipe import load_recipe
 
 MEDQUAD_ARCHIVE = "https://github.com/abachaa/MedQuAD/archive/refs/heads/master.zip"
@@ -67,11 +75,38 @@ def quickstart(data_dir: str | None = None, overrides: list[str] | None = None, 
     medquad = find_medquad(data_dir)
     recipe_path = resources.files("medtune") / "quickstart.yaml"
     recipe = load_recipe(Path(str(recipe_path)), [f"data.sources.0.path={medquad}", *(overrides or [])])
-    console.print(f"MedQuAD: {medquad}")
+    log.info("MedQuAD: %s", medquad)
+    index = medquad_index(medquad)
     run_dir = run(recipe)
     console.print(summary_table(json.loads((run_dir / "report.json").read_text())))
-    console.print(f"run directory: {run_dir}")
+    console.print("\n[bold]The same questions, answered from MedQuAD's sources by the fine-tuned model[/bold] "
+                  "(retrieval, citations, support check, safety notices):\n")
+    for answer in grounded_answers(run_dir, index, recipe.eval.questions):
+        console.print(f"[bold]{answer.question}[/bold]")
+        console.print(answer.text, markup=False, highlight=False)
+        console.print()
+    console.print(f"run directory: {run_dir}\nindex: {index}  (try: medtune ask \"your question\" --index {index} --model {run_dir})")
     return run_dir
+
+
+def medquad_index(medquad: Path) -> Path:
+    """MedQuAD's answered questions as a retrieval index, built once into medtune's cache."""
+    key = hashlib.sha1(f"{medquad.resolve()}|{FORMAT}".encode()).hexdigest()[:12]
+    target = cache_dir() / "indexes" / f"medquad-{key}"
+    if (target / "manifest.json").is_file():
+        return target
+    log.info("building the MedQuAD retrieval index once, into %s", target)
+    passages, report = load_passages(medquad)
+    return build_index(passages, target, report=report)
+
+
+def grounded_answers(model: Path, index: Path, questions: list[str]) -> list[GroundedAnswer]:
+    """`questions` answered by `model` from `index`, generated in one batch."""
+    answerer = Answerer(Retriever(load_index(index)))
+    prepared = [answerer.prepare(q) for q in questions]
+    to_generate = [p for p in prepared if p.final is None]
+    generated = iter(Predictor.from_pretrained(model).generate_chat([p.messages for p in to_generate]) if to_generate else [])
+    return [p.final or answerer.finish(p, next(generated)) for p in prepared]
 
 
 def summary_table(report: dict) -> Table:
