@@ -1,3 +1,4 @@
+import shutil
 import urllib.error
 import urllib.request
 from importlib import resources
@@ -59,3 +60,25 @@ def test_summary_table_shows_before_and_after():
     text = console.export_text()
     assert "11.53" in text and "6.99" in text and "12.35" in text and "14.37" in text
     assert "old answer" in text and "new answer" in text and "never medical advice" in text
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "data" / "medquad").is_dir(), reason="MedQuAD not in shared data")
+def test_grounded_answers_from_the_cached_medquad_index(tmp_path, monkeypatch, tiny_llama):
+    """The quickstart's last word: the questions answered from an index built once into the cache, with sources."""
+    from medtune.quickstart import grounded_answers, medquad_index
+
+    monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path / "cache"))
+    medquad = tmp_path / "medquad"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "shared" / "data" / "medquad" / "9_CDC_QA", medquad / "9_CDC_QA")
+    index = medquad_index(medquad)
+    assert index.parent == tmp_path / "cache" / "indexes"
+    built = (index / "manifest.json").stat().st_mtime_ns
+    assert medquad_index(medquad) == index and (index / "manifest.json").stat().st_mtime_ns == built  # reused, not rebuilt
+
+    answers = grounded_answers(tiny_llama, index, ["What are the symptoms of Hantavirus Pulmonary Syndrome?",
+                                                   "Should I double my dose of warfarin tonight?"])
+    hanta, dose = answers
+    assert hanta.sources and all("www.cdc.gov/" in s.url for s in hanta.sources)
+    assert "hantavirus" in hanta.sources[0].title.lower() and hanta.sources[0].url in hanta.text
+    assert hanta.reason in (None, "unsupported")  # a random model's text is checked against the sources, not trusted
+    assert dose.reason == "refused" and not dose.sources  # the safety layer answers before any model does
