@@ -3,13 +3,19 @@
 Every record has `options` in exam order, `answer_index` into them and `answer` = the right
 option's text. Loaders (names as in recipes and `load_mcq`):
 
-  * `headqa`: one HEAD-QA JSON file; id `<exam>:<qid>`, category = the exam's (as spelt there:
-    "nursery", not "nursing"), language = the file's. Items with an image are always skipped and
-    counted ("needs an image"): the question cannot be answered from its text.
-  * `medqa`: MedQA-USMLE JSONL; options in letter order, category = `meta_info` ("step1", ...).
-  * `medmcqa`: MedMCQA JSONL; `cop` counts from 1, as in the original release (1-4). The Hugging
-    Face export counts from 0: its 0s are rejected, but its 1-3 would read as the wrong option, so
-    convert it first. category = `subject_name`.
+  * `headqa`: one HEAD-QA file: the original JSON (`{language, exams: {name: {category, data}}}`),
+    or the Hugging Face hub's rows (`name, year, category, qid, qtext, ra, answers, image`) as
+    Parquet, JSONL or a JSON list. id `<exam>:<qid>`, category = the exam's (as spelt there:
+    "nursery", not "nursing"), language = the original file's, else the source's. Items with an
+    image are always skipped and counted ("needs an image"): the question cannot be answered
+    from its text.
+  * `medqa`: MedQA-USMLE; options an object `{A: text}` (the original release), a list of
+    `{key, value}` (BigBio) or a list of texts (lettered in order); category = `meta_info`.
+  * `medmcqa`: MedMCQA; `cop` counts from 1 in the original release (1-4) and from 0 on the
+    hub (0-3; -1 in the test split, which has no answers). Read per file: a 0 means it counts from
+    0, a 4 that it counts from 1 (both at once is an error); a file with neither (only 1-3) is
+    read by its format's convention: Parquet from 0 (the hub's), JSON/JSONL from 1. A missing or
+    -1 `cop` is skipped and counted ("no answer key"). category = `subject_name`.
   * `pubmedqa`: PubMedQA `ori_pqal.json`; options yes/no/maybe, context = the abstract's parts.
     `pubmedqa_test_ids` gives the 500 PQA-L test ids.
   * `mmlu`: headerless MMLU CSV, or a directory of them; category = subject from the file name.
@@ -17,8 +23,11 @@ option's text. Loaders (names as in recipes and `load_mcq`):
     category = `type` (the specialty, in English in both languages).
   * `exam_pt`: Portuguese exam CSV (`Texto` with the options inline, `Resposta Correta`).
 
+MedQA, MedMCQA and CasiMedicos read JSON Lines, a JSON list (`.json`) or Parquet (`.parquet`).
 Bad items (answer not among the options, missing fields, ...) are raised, or counted as skipped
-with `on_bad_row: skip`, naming the file and line (JSONL, CSV) or row (JSON) and column.
+with `on_bad_row: skip`, naming the file and line (JSONL, CSV) or row (JSON, Parquet) and
+column. Items that are sound but cannot be asked (an image, an annulled question, no answer
+key) are always skipped and counted, with the reason.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -33,9 +43,11 @@ from typing import Any, Literal
 
 from medtune.data.loaders import load_source, register_loader
 from medtune.data.report import DataError, LoadReport
-from medtune.data.tabular import jsonl_objects, read_text
+from medtune.data.tabular import json_objects, jsonl_objects, parquet_objects, read_text
 from medtune.recipe import SourceConfig
 from medtune.records import QARecord
+
+log = logging.getLogger(__name__)
 
 LETTERS = "ABCDEFGHIJ"
 PUBMEDQA_OPTIONS = ("yes", "no", "maybe")
@@ -55,6 +67,15 @@ class _Bad(Exception):
         self.reason, self.column = reason, column
 
 
+class _Skip(Exception):
+    """A sound item that cannot be asked (it needs an image, was annulled, has no answer key): skipped
+    and counted whatever `on_bad_row` says. `row` names it when its line or row number would not."""
+
+    def __init__(self, reason: str, row: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.row = reason, row
+
+
 # (where: "line" in a text file or "row" in a JSON list, its number, prefix of a bad item's reason, item)
 Located = tuple[Literal["line", "row"], int, str, Any]
 
@@ -67,6 +88,9 @@ def _convert(
         where = {kind: at}
         try:
             record = convert(item, at)
+        except _Skip as skip:
+            report.skipped.append({"file": str(path), "row": skip.row or at, "reason": skip.reason})
+            continue
         except _Bad as bad:
             err = DataError(path, label + bad.reason, column=bad.column, **where)
         except KeyError as exc:
@@ -107,15 +131,27 @@ def _read_json(path: Path, report: LoadReport) -> Any:
         raise DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
 
 
-def _jsonl(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[Located]:
-    for line, item in jsonl_objects(path, cfg, report):
-        yield "line", line, "", item
+def _records(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[Located]:
+    """The objects of a Parquet file, a JSON list (.json) or JSON Lines (any other suffix)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        for row, item in parquet_objects(path, report):
+            yield "row", row, "", item
+    elif suffix == ".json":
+        for row, item in json_objects(path, cfg, report):
+            yield "row", row, "", item
+    else:
+        for line, item in jsonl_objects(path, cfg, report):
+            yield "line", line, "", item
 
 
-def _csv_rows(path: Path, report: LoadReport) -> Iterator[tuple[int, list[str]]]:
-    """(line where the row starts, fields) for each row; quoted fields may span lines."""
+def _csv_rows(path: Path, report: LoadReport, delimiters: str = ",") -> Iterator[tuple[int, list[str]]]:
+    """(line where the row starts, fields) for each row; quoted fields may span lines. The delimiter is
+    the one of `delimiters` the first line holds most of (a spreadsheet in Portuguese writes ";")."""
     report.files_read += 1
-    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    text = read_text(path)
+    first = text.split("\n", 1)[0]
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=max(delimiters, key=first.count))
     end = 0
     try:
         for fields in reader:
@@ -131,6 +167,31 @@ def _csv_rows(path: Path, report: LoadReport) -> Iterator[tuple[int, list[str]]]
 
 @register_loader("headqa")
 def load_headqa(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+    if path.suffix.lower() == ".json" and not _is_json_list(path):
+        items, language = _headqa_exams(path, cfg, report)
+    else:  # the hub's rows: each names its exam and category
+        items, language = _headqa_rows(path, cfg, report), cfg.language
+
+    def convert(item: dict, at: int) -> QARecord:
+        name, qid = item["name"], item["qid"]
+        if _has_image(item.get("image")):
+            # Not a bad row: the item is fine but cannot be asked without its image.
+            raise _Skip("needs an image", row=f"{name}:{qid}")
+        # `aid` is a number and `ra` a string in the released files: compare them as text.
+        answers = sorted(item["answers"], key=lambda a: int(a["aid"]))
+        aids = [str(a["aid"]) for a in answers]
+        if str(item["ra"]) not in aids:
+            raise _Bad(f"right answer {item['ra']!r} is not among the answer ids {aids}", column="ra")
+        return _choice(
+            item["qtext"], [a["atext"] for a in answers], aids.index(str(item["ra"])), id=f"{name}:{qid}",
+            source="head_qa", language=language, category=_text(item.get("category"), "category"),
+        )
+
+    return _convert(path, cfg, report, items, convert)
+
+
+def _headqa_exams(path: Path, cfg: SourceConfig, report: LoadReport) -> tuple[Iterator[Located], str]:
+    """The items of the original JSON, each given its exam's name and category, and the file's language."""
     data = _read_json(path, report)
     if not isinstance(data, dict) or not isinstance(data.get("exams"), dict):
         raise DataError(path, "expected a HEAD-QA object {version, language, exams: {name: exam}}")
@@ -143,25 +204,25 @@ def load_headqa(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[Q
             for row, item in enumerate(exam["data"], 1):
                 report.rows_seen += 1
                 qid = item.get("qid") if isinstance(item, dict) else None
-                if isinstance(item, dict) and item.get("image"):
-                    # Not a bad row: the item is fine but cannot be asked without its image.
-                    report.skipped.append({"file": str(path), "row": f"{name}:{qid}", "reason": "needs an image"})
-                    continue
-                yield "row", row, f"exam {name!r}, qid {qid}: ", (name, exam.get("category"), item)
+                entry = {**item, "name": name, "category": exam.get("category")} if isinstance(item, dict) else item
+                yield "row", row, f"exam {name!r}, qid {qid}: ", entry
 
-    def convert(entry: tuple[str, Any, dict], row: int) -> QARecord:
-        name, category, item = entry
-        # `aid` is a number and `ra` a string in the released files: compare them as text.
-        answers = sorted(item["answers"], key=lambda a: int(a["aid"]))
-        aids = [str(a["aid"]) for a in answers]
-        if str(item["ra"]) not in aids:
-            raise _Bad(f"right answer {item['ra']!r} is not among the answer ids {aids}", column="ra")
-        return _choice(
-            item["qtext"], [a["atext"] for a in answers], aids.index(str(item["ra"])), id=f"{name}:{item['qid']}",
-            source="head_qa", language=language, category=_text(category, "category"),
-        )
+    return items(), language
 
-    return _convert(path, cfg, report, items(), convert)
+
+def _headqa_rows(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[Located]:
+    for kind, at, _, item in _records(path, cfg, report):
+        yield kind, at, f"exam {item.get('name')!r}, qid {item.get('qid')}: ", item
+
+
+def _has_image(image: Any) -> bool:
+    """The original files give an image's path or ""; the hub gives null or {bytes, path}."""
+    return any(image.values()) if isinstance(image, dict) else bool(image)
+
+
+def _is_json_list(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
 
 
 @register_loader("pubmedqa")
@@ -208,7 +269,7 @@ def pubmedqa_test_ids(path: str | Path) -> set[str]:
 @register_loader("medqa")
 def load_medqa(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
     def convert(item: dict, line: int) -> QARecord:
-        options, key = item["options"], item["answer_idx"]
+        options, key = _lettered(item["options"]), item["answer_idx"]
         letters = sorted(options)  # A..D (E in the 5-option version)
         if key not in options:
             raise _Bad(f"answer_idx {key!r} is not one of the options {letters}", column="answer_idx")
@@ -220,22 +281,70 @@ def load_medqa(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QA
             raise _Bad(f"answer {item['answer']!r} is not option {key}'s text {record.answer!r}", column="answer")
         return record
 
-    return _convert(path, cfg, report, _jsonl(path, cfg, report), convert)
+    return _convert(path, cfg, report, _records(path, cfg, report), convert)
+
+
+def _lettered(options: Any) -> dict[str, Any]:
+    """MedQA's options as {letter: text}, from an object {A: text} (the original release), a list of
+    {key, value} (BigBio's copy) or a list of texts (lettered A, B, ... in order)."""
+    if isinstance(options, dict):
+        return options
+    if isinstance(options, list) and all(isinstance(o, dict) for o in options):
+        return {str(o["key"]): o["value"] for o in options}
+    if isinstance(options, list):
+        return dict(zip(LETTERS, options))
+    raise _Bad(f"expected an object {{A: text}} or a list, got {type(options).__name__}", column="options")
 
 
 @register_loader("medmcqa")
 def load_medmcqa(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+    items = list(_records(path, cfg, report))
+    base = _cop_base(path, [item for *_, item in items])
+
     def convert(item: dict, line: int) -> QARecord:
-        cop = int(item["cop"])
-        if not 1 <= cop <= 4:
-            raise _Bad(f"cop {item['cop']!r} is not 1-4 (the right option, counted from 1)", column="cop")
+        cop = _cop(item)
+        if cop is None:
+            raise _Skip("no answer key (cop missing or -1, as in the test split)")
+        if not base <= cop <= base + 3:
+            raise _Bad(f"cop {item['cop']!r} is not {base}-{base + 3} (the right option; this file counts from {base})",
+                       column="cop")
         return _choice(
-            item["question"], [item[k] for k in ("opa", "opb", "opc", "opd")], cop - 1,
+            item["question"], [item[k] for k in ("opa", "opb", "opc", "opd")], cop - base,
             id=_text(item.get("id"), "id") or f"{path.stem}:{line}", source="medmcqa", language=cfg.language,
             category=_text(item.get("subject_name"), "subject_name"),
         )
 
-    return _convert(path, cfg, report, _jsonl(path, cfg, report), convert)
+    return _convert(path, cfg, report, items, convert)
+
+
+def _cop(item: dict) -> int | None:
+    """The right option's number; None when the item has no answer (the hub writes -1, the original omits it).
+    Raises ValueError (a malformed item) when it is not a whole number."""
+    cop = item.get("cop")
+    if cop is None or str(cop).strip() in ("", "-1"):
+        return None
+    if isinstance(cop, float) and not cop.is_integer():
+        raise ValueError(f"cop {cop!r} is not a whole number")
+    return int(cop)
+
+
+def _cop_base(path: Path, items: list[Any]) -> int:
+    """What `cop` counts from in this file: 0 (the hub) or 1 (the original release); see the module doc."""
+    values = set()
+    for item in items:
+        try:
+            values.add(_cop(item))
+        except (ValueError, TypeError, AttributeError):  # reported with its row by the loader
+            continue
+    if {0, 4} <= values:
+        raise DataError(path, "cop holds both 0 and 4: it cannot count from both 0 and 1", column="cop")
+    if 0 in values or 4 in values:
+        base, why = (0, "a 0 occurs") if 0 in values else (1, "a 4 occurs")
+    else:
+        base = 0 if path.suffix.lower() == ".parquet" else 1
+        why = f"only 1-3 occur: the {'hub' if base == 0 else 'original'} convention for its format"
+    log.info("%s: cop counts from %d (%s)", path, base, why)
+    return base
 
 
 @register_loader("casimedicos")
@@ -258,7 +367,7 @@ def load_casimedicos(path: Path, cfg: SourceConfig, report: LoadReport) -> Itera
             language=cfg.language, category=_text(item.get("type"), "type"),
         )
 
-    return _convert(path, cfg, report, _jsonl(path, cfg, report), convert)
+    return _convert(path, cfg, report, _records(path, cfg, report), convert)
 
 
 # ---- MMLU, Portuguese exams (CSV) --------------------------------------------------------------
