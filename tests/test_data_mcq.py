@@ -1,5 +1,6 @@
-"""Multiple-choice loaders (HEAD-QA, MedQA, MedMCQA, PubMedQA, MMLU, CasiMedicos, Portuguese exams):
-fixtures in each dataset's real format, bad rows, and counts on the real files."""
+"""Multiple-choice loaders (HEAD-QA, MedQA, MedMCQA, PubMedQA, MMLU, CasiMedicos): fixtures in each
+dataset's real format (and the hub's), bad rows, and counts on the real files. Portuguese exams:
+test_data_exam_pt.py."""
 
 import csv
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from medtune.data import LOADERS, DataError
-from medtune.data.mcq import load_mcq, pubmedqa_test_ids, split_options
+from medtune.data.mcq import load_mcq, pubmedqa_test_ids
 from medtune.records import QARecord, from_dataset, to_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -367,74 +368,6 @@ def test_casimedicos_bad_rows(tmp_path: Path, options: dict, correct: str, messa
         load_mcq("casimedicos", path)
     assert message in str(info.value)
     assert len(load_mcq("casimedicos", path, on_bad_row="skip")[1].skipped) == 1
-
-
-# ---- Portuguese exams -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "question", "options"),
-    [("Qual é a capital?\nA) Lisboa\nB) Porto\nC) Braga", "Qual é a capital?", ("Lisboa", "Porto", "Braga")),
-     ("Qual?\n(A) um\n(B) dois\n(C) três\n(D) quatro\n(E) cinco", "Qual?", ("um", "dois", "três", "quatro", "cinco")),
-     ("Paciente de 40 anos.\nQual a conduta?\nA. Observar\nB. Operar", "Paciente de 40 anos.\nQual a conduta?",
-      ("Observar", "Operar")),
-     ("Qual?\r\nA - Sim\r\nB – Não\r\nC - Talvez", "Qual?", ("Sim", "Não", "Talvez")),
-     ("Qual?\na) sim,\n   com ressalvas\nb) não", "Qual?", ("sim, com ressalvas", "não")),
-     # A lettered list of statements in the question comes before the options.
-     ("Considere:\na) a dor\nb) a febre\nEstá correto:\nA) a\nB) b\nC) a e b",
-      "Considere:\na) a dor\nb) a febre\nEstá correto:", ("a", "b", "a e b")),
-     ("E-mail do paciente?\nA) x\nB) y", "E-mail do paciente?", ("x", "y"))],
-)
-def test_split_options(text: str, question: str, options: tuple[str, ...]) -> None:
-    assert split_options(text) == (question, options)
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [("Sem opções.", "no options found"), ("Qual?\nA) x\nC) y", "out of letter order: A, C"),
-     ("Qual?\nA) x", "only one option")],
-)
-def test_split_options_fails(text: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        split_options(text)
-
-
-def test_exam_pt(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "prova.csv", [
-        ["Número", "Texto", "Resposta Correta"],
-        ["1", "Qual é a capital?\nA) Lisboa\nB) Porto\nC) Braga", "A"],
-        ["2", "Qual?\n(A) um\n(B) dois", " b "],
-    ])
-    records, report = load_mcq("exam_pt", path)
-    assert records == [
-        mcq("Qual é a capital?", ("Lisboa", "Porto", "Braga"), 0, id="prova:2", source="exam_pt", language="pt"),
-        mcq("Qual?", ("um", "dois"), 1, id="prova:6", source="exam_pt", language="pt"),
-    ]
-    assert (report.files_read, report.rows_seen) == (1, 2)
-
-
-def test_exam_pt_bad_rows(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "prova.csv", [
-        ["Texto", "Resposta Correta"],
-        ["Sem opções\nnenhuma", "A"],
-        ["Qual?\nA) x\nB) y", "D"],
-        ["Qual?\nA) x\nB) y", "B"],
-    ])
-    with pytest.raises(DataError) as info:
-        load_mcq("exam_pt", path)
-    assert str(info.value).startswith(f"{path}, line 2, column 'Texto': no options found")
-    records, report = load_mcq("exam_pt", path, on_bad_row="skip")
-    assert [r.id for r in records] == ["prova:7"]
-    assert [(s["row"], s["reason"]) for s in report.skipped] == [
-        (2, "no options found: expected lines starting with A), (A), A. or A -"),
-        (4, "answer 'D' is not one of the options A, B"),
-    ]
-
-
-def test_exam_pt_missing_column_is_an_error_even_when_skipping(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "prova.csv", [["Texto", "Resposta"], ["Qual?\nA) x\nB) y", "A"]])
-    with pytest.raises(DataError, match=r"line 1, column 'Resposta Correta': column 'Resposta Correta' not found"):
-        load_mcq("exam_pt", path, on_bad_row="skip")
 
 
 # ---- the real files ---------------------------------------------------------------------------

@@ -21,7 +21,8 @@ option's text. Loaders (names as in recipes and `load_mcq`):
   * `mmlu`: headerless MMLU CSV, or a directory of them; category = subject from the file name.
   * `casimedicos`: CasiMedicos JSONL; question = `full_question` (the case and its question),
     category = `type` (the specialty, in English in both languages).
-  * `exam_pt`: Portuguese exam CSV (`Texto` with the options inline, `Resposta Correta`).
+  * `exam_pt`: Portuguese exam CSV exported from the exams' PDFs (`Número, Texto, Bloco,
+    Resposta Correta, Arquivo Prova`), the options inside `Texto`; see `split_options`.
 
 MedQA, MedMCQA and CasiMedicos read JSON Lines, a JSON list (`.json`) or Parquet (`.parquet`).
 Bad items (answer not among the options, missing fields, ...) are raised, or counted as skipped
@@ -37,7 +38,10 @@ import io
 import json
 import logging
 import re
+import unicodedata
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -404,67 +408,174 @@ def _mmlu_file(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QA
 
 
 EXAM_PT_TEXT, EXAM_PT_ANSWER = "Texto", "Resposta Correta"
+EXAM_PT_AREA, EXAM_PT_EXAM = "Bloco", "Arquivo Prova"  # optional: the question's area and the exam it is from
 
-# An option's line starts with its letter: "A) ", "(B) ", "C. ", "D - ", "e: ". After ".", ":" and
-# dashes a space must follow, so that e.g. "E-mail ..." is not read as option E.
-_OPTION_LINE = re.compile(
-    r"\s*(?:\((?P<a>[A-J])\)|(?P<b>[A-J])(?:\)|\s*[.:\-\u2013\u2014](?=\s)))\s*(?P<text>.*)", re.IGNORECASE
+# An option's marker: "(A)" anywhere (PDF exports run the options on in the question's paragraph,
+# at times glued to the word before, at times in lower case), or a letter starting a line: "A) ",
+# "B. ", "C - ", "d: " (after ".", ":" and dashes a space must follow, so that "E-mail" is not option
+# E), or, the least sure, "A) " inside a line.
+_MARKER = re.compile(
+    r"\(\s?(?P<paren>[A-J])\s?\)"
+    r"|^[ \t]*(?P<line>[A-J])(?:\)|[ \t]*[.:\-\u2013\u2014](?=\s))"
+    r"|(?<![^\s.:;?!])(?P<bare>[A-J])\)(?=\s)",
+    re.IGNORECASE | re.MULTILINE,
 )
+# Page furniture a PDF export leaves in the text: "(CONTINUA)", "(CONTINUAÇÃO DA QUESTÃO 44)", the
+# same unbracketed in capitals, "Página 3 de 12".
+_PAGE_NOTE = re.compile(
+    r"\(\s*continua(?:ção|cao)?\b[^()]*\)"
+    r"|(?-i:\bCONTINUA(?:ÇÃO|CAO)?\b(?:[ \t]+(?:NA|NO|DA|DO)[ \t]+[A-ZÀ-Ý]+(?:[ \t]+(?:[A-ZÀ-Ý]+|\d+))?)?)"
+    r"|\bp[áa]g(?:ina|\.)[ \t]*\d+(?:[ \t]*(?:de|/)[ \t]*\d+)?",
+    re.IGNORECASE,
+)
+# A word broken at the line's end: "beta- lactamases", "insulino-\ndependente". The hyphen is kept (most
+# breaks in these texts fall in compounds) and "pré- e pós-operatório" is left alone.
+_HYPHENATION = re.compile(r"(?<=[^\W\d_])-(?:[ \t]*\n[ \t]*|[ \t]+)(?!(?:e|ou)\b)(?=[a-zà-öø-ÿ]{2})")
+# Soft hyphens and zero-width characters go; ligatures (ﬁ, ﬂ, ...) are spelt out; no-break spaces are spaces.
+_INVISIBLE = {0xAD: None, 0x200B: None, 0x200C: None, 0x200D: None, 0xFEFF: None, 0xA0: " "} | {
+    c: unicodedata.normalize("NFKC", chr(c)) for c in range(0xFB00, 0xFB07)
+}
+# What follows the last option but is not part of it: the next question's figure or table, set off by
+# a wide gap or a blank line, or the next question's heading.
+_AFTER_LAST = re.compile(r"(?<=\S)[ \t]{3,}(?=\S)|\n[ \t]*\n|\bQUESTÃO[ \t]+\d+")
+# An answer key that annuls the question: "ANULADA", "Questão anulada", "nula", "cancelada" (or one
+# with no letter or digit at all: "", "*", "-").
+_ANNULLED = re.compile(r"\b(?:anulad|cancelad|nul[ao]\b)", re.IGNORECASE)
+_ANSWER_WORDS = {"LETRA", "ALTERNATIVA", "OPÇÃO", "OPCAO", "RESPOSTA"}  # "Letra C" is C
 
 
-def split_options(text: str) -> tuple[str, tuple[str, ...]]:
-    """(question, options) of an exam question whose options are lines of their own, lettered A, B, ...
+@dataclass(frozen=True)
+class _Marker:
+    letter: str  # upper case
+    start: int  # where the marker starts: the text before it belongs to what comes before
+    end: int  # where its option's text starts
+    doubt: int  # 0: "(A)" or a line's "A)"; 1: "(E)" glued to a word ("etambutol(E)"); 2: "A)" inside a line
 
-    The options are the last run of lettered lines that starts at A (a statement list in the question,
-    e.g. "a) ... b) ...", comes before them); an unlettered line after an option continues it.
-    Raises ValueError when no such run of two or more options in letter order is found.
+    @classmethod
+    def of(cls, m: re.Match, text: str) -> _Marker:
+        glued = m["paren"] is not None and m.start() > 0 and text[m.start() - 1].isalnum()
+        doubt = 2 if m["bare"] else int(glued)
+        return cls((m["paren"] or m["line"] or m["bare"]).upper(), m.start(), m.end(), doubt)
+
+
+def split_options(text: str, count: int | None = None) -> tuple[str, tuple[str, ...]]:
+    """(question, options) of an exam question whose options are lettered A, B, ... in its text.
+
+    The options are the last run of markers A, B, C, ... in order that reaches D (or `count`, the
+    number of options the exam's questions have: a longer run is cut there, the rest belonging to
+    its last option). Earlier runs are figure labels or a lettered list in the question. Doubtful
+    markers (glued to a word, or "A)" inside a line) are used only when no run is complete without
+    them. Without a complete run, the longest. What follows the last option after a wide gap or a
+    blank line is dropped (`_AFTER_LAST`), as are page notes (`_PAGE_NOTE`); words broken at a line's
+    end are joined (`_HYPHENATION`). Raises ValueError when no run of two or more options, or of
+    `count`, is found.
     """
-    lines = text.strip().splitlines()
-    marked = [(i, m) for i, line in enumerate(lines) if (m := _OPTION_LINE.match(line))]
-    starts = [k for k, (_, m) in enumerate(marked) if (m["a"] or m["b"]).upper() == "A"]
-    if not starts:
-        raise ValueError("no options found: expected lines starting with A), (A), A. or A -")
-    marked = marked[starts[-1]:]
-    letters = [(m["a"] or m["b"]).upper() for _, m in marked]
-    if letters != list(LETTERS[: len(letters)]):
-        raise ValueError(f"options out of letter order: {', '.join(letters)}")
-    if len(letters) < 2:
-        raise ValueError("only one option (A) found")
-    ends = [i for i, _ in marked[1:]] + [len(lines)]
-    options = tuple(
-        " ".join(part.strip() for part in (m["text"], *lines[i + 1 : end]) if part.strip())
-        for (i, m), end in zip(marked, ends, strict=True)
-    )
-    return "\n".join(lines[: marked[0][0]]).strip(), options
+    text = _clean(text)
+    run = _pick_run([_Marker.of(m, text) for m in _MARKER.finditer(text)], count)
+    if not run:
+        raise ValueError("no options found: expected (A), (B), ... in the text, or lines starting with A), A. or A -")
+    if len(run) < 2:
+        raise ValueError("only option A found, no B after it")
+    if count and len(run) < count:
+        raise ValueError(f"only {len(run)} options (A-{LETTERS[len(run) - 1]}) found; this exam's questions have {count}")
+    ends = [m.start for m in run[1:]] + [len(text)]
+    options = [text[m.end : end] for m, end in zip(run, ends, strict=True)]
+    last = options[-1].strip()
+    options[-1] = last[: cut.start()] if (cut := _AFTER_LAST.search(last)) else last
+    question = "\n".join(" ".join(line.split()) for line in text[: run[0].start].splitlines())
+    return re.sub(r"\n{2,}", "\n", question).strip(), tuple(" ".join(o.split()) for o in options)
+
+
+def _clean(text: str) -> str:
+    text = unicodedata.normalize("NFC", text).translate(_INVISIBLE).replace("\r\n", "\n").replace("\r", "\n")
+    return _HYPHENATION.sub("-", _PAGE_NOTE.sub(" ", text))
+
+
+def _runs(markers: list[_Marker]) -> list[list[_Marker]]:
+    """From each A, the run A, B, C, ...: each the first marker of the next letter after the one before."""
+    runs = []
+    for i, first in enumerate(markers):
+        if first.letter == "A":
+            run = [first]
+            for m in markers[i + 1 :]:
+                if len(run) < len(LETTERS) and m.letter == LETTERS[len(run)]:
+                    run.append(m)
+            runs.append(run)
+    return runs
+
+
+def _pick_run(markers: list[_Marker], count: int | None) -> list[_Marker]:
+    need = count or 4
+    found = [_runs([m for m in markers if m.doubt <= doubt]) for doubt in (0, 1, 2)]
+    for runs in found:
+        if complete := [r for r in runs if len(r) >= need]:
+            return complete[-1][:count] if count else complete[-1]
+    # The longest; of equals, the surest and then the last.
+    return max((r for runs in found for r in reversed(runs)), key=len, default=[])
+
+
+def _answer_letter(value: str) -> str:
+    """The letter of a `Resposta Correta` ("C", " c ", "(C)", "Letra C"). Annulled questions and those
+    with two right answers ("A/C", "B ou D") are skipped."""
+    text = value.strip()
+    if not re.search(r"[^\W_]", text) or _ANNULLED.search(text):
+        raise _Skip(f"annulled: {EXAM_PT_ANSWER} is {text!r}" if text else f"no {EXAM_PT_ANSWER}")
+    words = [w for w in re.split(r"[\W_]+", text.upper()) if w and w not in _ANSWER_WORDS]
+    if len(words) == 1 and words[0] in set(LETTERS):
+        return words[0]
+    if len(words) > 1 and set(words) <= set(LETTERS) | {"OU"}:  # "A e C": "E" is "and" or a letter, both mean two
+        raise _Skip(f"more than one right answer: {EXAM_PT_ANSWER} is {text!r}")
+    raise _Bad(f"answer {value!r} is not a letter", column=EXAM_PT_ANSWER)
+
+
+def _column_key(name: str) -> str:
+    """A header name compared without case, accents or extra spaces: "Numero" finds "Número"."""
+    return " ".join("".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c)).casefold().split())
 
 
 @register_loader("exam_pt")
 def load_exam_pt(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
-    rows = _csv_rows(path, report)
-    header = [h.strip() for h in next(rows, (1, []))[1]]
+    rows = _csv_rows(path, report, delimiters=",;\t")
+    names = next(rows, (1, []))[1]
+    header = [_column_key(h) for h in names]
     for column in (EXAM_PT_TEXT, EXAM_PT_ANSWER):
-        if column not in header:  # the wrong file, not a bad row: an error even with on_bad_row: skip
-            raise DataError(path, f"column {column!r} not found; available columns: {header}", line=1, column=column)
-    text_at, answer_at = header.index(EXAM_PT_TEXT), header.index(EXAM_PT_ANSWER)
+        if _column_key(column) not in header:  # the wrong file, not a bad row: an error even with on_bad_row: skip
+            raise DataError(path, f"column {column!r} not found; available columns: {names}", line=1, column=column)
+    at = {column: header.index(_column_key(column)) for column in (EXAM_PT_TEXT, EXAM_PT_ANSWER, EXAM_PT_AREA,
+                                                                    EXAM_PT_EXAM) if _column_key(column) in header}
+    rows = list(rows)
+    report.rows_seen += len(rows)
 
-    def items() -> Iterator[Located]:
-        for line, fields in rows:
-            report.rows_seen += 1
-            yield "line", line, "", fields
+    def cell(fields: list[str], column: str) -> str:
+        return fields[at[column]].strip() if column in at and at[column] < len(fields) else ""
+
+    # How many options the questions of each exam have: most of them show it, and it tells a row
+    # cut short (too few) from a label such as "(E)" read after the last option (too many).
+    found: defaultdict[str, Counter] = defaultdict(Counter)
+    for _, fields in rows:
+        try:
+            count = len(split_options(cell(fields, EXAM_PT_TEXT))[1])
+        except ValueError:
+            continue
+        found[cell(fields, EXAM_PT_EXAM)][count] += 1
+    usual = {exam: max(counts, key=lambda n: (counts[n], n)) for exam, counts in found.items()}
 
     def convert(fields: list[str], line: int) -> QARecord:
-        if len(fields) != len(header):
-            raise _Bad(f"row does not have the header's {len(header)} fields")
+        if not any(f.strip() for f in fields):
+            raise _Skip("empty row")
+        if [_column_key(f) for f in fields] == header:
+            raise _Skip("repeated header row")
+        if len(fields) < len(header) or any(f.strip() for f in fields[len(header) :]):
+            raise _Bad(f"row has {len(fields)} fields; the header has {len(header)}")
+        letter = _answer_letter(fields[at[EXAM_PT_ANSWER]])
         try:
-            question, options = split_options(fields[text_at])
+            question, options = split_options(fields[at[EXAM_PT_TEXT]], usual.get(cell(fields, EXAM_PT_EXAM)))
         except ValueError as exc:
             raise _Bad(str(exc), column=EXAM_PT_TEXT) from None
-        letter = fields[answer_at].strip().strip("().").upper()  # "C", "c", "C)", "(C)"
-        if len(letter) != 1 or letter not in LETTERS[: len(options)]:
-            raise _Bad(f"answer {fields[answer_at]!r} is not one of the options {', '.join(LETTERS[: len(options)])}",
-                       column=EXAM_PT_ANSWER)
-        return _choice(
-            question, options, LETTERS.index(letter), id=f"{path.stem}:{line}", source="exam_pt", language="pt"
-        )
+        if letter not in LETTERS[: len(options)]:
+            raise _Bad(f"answer {fields[at[EXAM_PT_ANSWER]]!r} is not one of the options "
+                       f"{', '.join(LETTERS[: len(options)])}", column=EXAM_PT_ANSWER)
+        return _choice(question, options, LETTERS.index(letter), id=f"{path.stem}:{line}", source="exam_pt",
+                       language="pt", category=cell(fields, EXAM_PT_AREA))
 
-    return _convert(path, cfg, report, items(), convert)
+    return _convert(path, cfg, report, (("line", line, "", fields) for line, fields in rows), convert)
