@@ -56,11 +56,13 @@ def mcq(question: str, options: tuple[str, ...], answer_index: int, **fields) ->
      # Unbracketed page notes in capitals; words broken at a line's end, but not "pré- e pós-".
      ("Caso clínico CONTINUA NA PRÓXIMA PÁGINA exames pré- e pós-operatórios com beta-\nbloqueador? (A) a (B) b",
       "Caso clínico exames pré- e pós-operatórios com beta-bloqueador?", ("a", "b")),
+     # A broken word is joined without its hyphen when it is known whole.
+     ("Uso de medica-\nmento e anti- inflamatório? (A) a (B) b", "Uso de medicamento e anti-inflamatório?", ("a", "b")),
      # Options on lines of their own, then the next question's text after a blank line.
      ("Qual?\nA) um\nB) dois\n\nFigura 3 - Radiografia", "Qual?", ("um", "dois"))],
 )
 def test_split_options(text: str, question: str, options: tuple[str, ...]) -> None:
-    assert split_options(text) == (question, options)
+    assert split_options(text, words={"medicamento", "anti", "inflamatório"}) == (question, options)
 
 
 def test_split_options_with_the_exams_count() -> None:
@@ -159,7 +161,7 @@ def test_release_bad_rows_are_errors_unless_skipped() -> None:
 
 def test_release_dirty_rows() -> None:
     records = {int(r.id.split(":")[1]): r for r in load_mcq("exam_pt", RELEASE, on_bad_row="skip")[0]}
-    # The answer in lower case and the last marker "(d)".
+    # The answer in lower case and the last marker "(d)"; "fár- maco" broken at a line's end, whole elsewhere.
     assert records[3] == mcq(
         "Homem, 54 anos, diabético há 12 anos, apresenta creatinina de 1,9 mg/dL e proteinúria de 1,2 g/24h. "
         "Qual classe de fármaco reduz a progressão da nefropatia?",

@@ -40,7 +40,7 @@ import logging
 import re
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -428,9 +428,10 @@ _PAGE_NOTE = re.compile(
     r"|\bp[áa]g(?:ina|\.)[ \t]*\d+(?:[ \t]*(?:de|/)[ \t]*\d+)?",
     re.IGNORECASE,
 )
-# A word broken at the line's end: "beta- lactamases", "insulino-\ndependente". The hyphen is kept (most
-# breaks in these texts fall in compounds) and "pré- e pós-operatório" is left alone.
-_HYPHENATION = re.compile(r"(?<=[^\W\d_])-(?:[ \t]*\n[ \t]*|[ \t]+)(?!(?:e|ou)\b)(?=[a-zà-öø-ÿ]{2})")
+# A word broken at a line's end: "estran- geiras", "insulino-\ndependente" ("pré- e pós-operatório" is
+# left alone). Joined without the hyphen when the whole word occurs in the file, else with it: most
+# breaks the PDFs keep fall in compounds (beta-lactâmico).
+_HYPHENATION = re.compile(r"(?P<left>[^\W\d_]+)-(?:[ \t]*\n[ \t]*|[ \t]+)(?!(?:e|ou)\b)(?P<right>[a-zà-öø-ÿ]{2}[^\W\d_]*)")
 # Soft hyphens and zero-width characters go; ligatures (ﬁ, ﬂ, ...) are spelt out; no-break spaces are spaces.
 _INVISIBLE = {0xAD: None, 0x200B: None, 0x200C: None, 0x200D: None, 0xFEFF: None, 0xA0: " "} | {
     c: unicodedata.normalize("NFKC", chr(c)) for c in range(0xFB00, 0xFB07)
@@ -458,7 +459,7 @@ class _Marker:
         return cls((m["paren"] or m["line"] or m["bare"]).upper(), m.start(), m.end(), doubt)
 
 
-def split_options(text: str, count: int | None = None) -> tuple[str, tuple[str, ...]]:
+def split_options(text: str, count: int | None = None, words: Collection[str] = ()) -> tuple[str, tuple[str, ...]]:
     """(question, options) of an exam question whose options are lettered A, B, ... in its text.
 
     The options are the last run of markers A, B, C, ... in order that reaches D (or `count`, the
@@ -467,10 +468,10 @@ def split_options(text: str, count: int | None = None) -> tuple[str, tuple[str, 
     markers (glued to a word, or "A)" inside a line) are used only when no run is complete without
     them. Without a complete run, the longest. What follows the last option after a wide gap or a
     blank line is dropped (`_AFTER_LAST`), as are page notes (`_PAGE_NOTE`); words broken at a line's
-    end are joined (`_HYPHENATION`). Raises ValueError when no run of two or more options, or of
-    `count`, is found.
+    end are joined (`_HYPHENATION`; `words`: the lower-case words known whole). Raises ValueError
+    when no run of two or more options, or of `count`, is found.
     """
-    text = _clean(text)
+    text = _clean(text, words)
     run = _pick_run([_Marker.of(m, text) for m in _MARKER.finditer(text)], count)
     if not run:
         raise ValueError("no options found: expected (A), (B), ... in the text, or lines starting with A), A. or A -")
@@ -486,9 +487,13 @@ def split_options(text: str, count: int | None = None) -> tuple[str, tuple[str, 
     return re.sub(r"\n{2,}", "\n", question).strip(), tuple(" ".join(o.split()) for o in options)
 
 
-def _clean(text: str) -> str:
+def _clean(text: str, words: Collection[str]) -> str:
     text = unicodedata.normalize("NFC", text).translate(_INVISIBLE).replace("\r\n", "\n").replace("\r", "\n")
-    return _HYPHENATION.sub("-", _PAGE_NOTE.sub(" ", text))
+
+    def join(m: re.Match) -> str:
+        return m["left"] + ("" if (m["left"] + m["right"]).lower() in words else "-") + m["right"]
+
+    return _HYPHENATION.sub(join, _PAGE_NOTE.sub(" ", text))
 
 
 def _runs(markers: list[_Marker]) -> list[list[_Marker]]:
@@ -549,12 +554,13 @@ def load_exam_pt(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[
     def cell(fields: list[str], column: str) -> str:
         return fields[at[column]].strip() if column in at and at[column] < len(fields) else ""
 
+    words = {w.lower() for _, fields in rows for w in re.findall(r"[^\W\d_]+", cell(fields, EXAM_PT_TEXT))}
     # How many options the questions of each exam have: most of them show it, and it tells a row
     # cut short (too few) from a label such as "(E)" read after the last option (too many).
     found: defaultdict[str, Counter] = defaultdict(Counter)
     for _, fields in rows:
         try:
-            count = len(split_options(cell(fields, EXAM_PT_TEXT))[1])
+            count = len(split_options(cell(fields, EXAM_PT_TEXT), words=words)[1])
         except ValueError:
             continue
         found[cell(fields, EXAM_PT_EXAM)][count] += 1
@@ -569,7 +575,7 @@ def load_exam_pt(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[
             raise _Bad(f"row has {len(fields)} fields; the header has {len(header)}")
         letter = _answer_letter(fields[at[EXAM_PT_ANSWER]])
         try:
-            question, options = split_options(fields[at[EXAM_PT_TEXT]], usual.get(cell(fields, EXAM_PT_EXAM)))
+            question, options = split_options(fields[at[EXAM_PT_TEXT]], usual.get(cell(fields, EXAM_PT_EXAM)), words)
         except ValueError as exc:
             raise _Bad(str(exc), column=EXAM_PT_TEXT) from None
         if letter not in LETTERS[: len(options)]:
