@@ -11,6 +11,7 @@ from medtune.recipe import SourceConfig
 from medtune.records import QARecord
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FIXTURES = Path(__file__).parent / "fixtures"
 CHATBOT_SAMPLE = SHARED_DATA / "ai_medical_chatbot" / "sample.jsonl"
 CHATDOCTOR_5K = SHARED_DATA / "chatdoctor" / "chatdoctor5k.json"
 INSTRUCTION = "If you are a doctor, please answer the medical questions based on the patient's description."
@@ -113,6 +114,79 @@ def test_chatdoctor_bad_item_names_row(tmp_path: Path) -> None:
     assert counts(report) == (3, 1, 1, 0, 2) and [s["row"] for s in report.skipped] == [2, 3]
 
 
+def test_ai_medical_chatbot_hub_parquet(tmp_path: Path) -> None:
+    """The hub's dialogues.parquet: the three string columns (nulls where a cell is missing) and pandas' index."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = CHATBOT_ROWS + [{"Description": None, "Patient": "Hi doctor, my knee hurts.", "Doctor": None},
+                           {"Description": "Q. Blank?", "Patient": None, "Doctor": "Hi."}]
+    table = pa.table({k: [r[k] for r in rows] for k in ("Description", "Patient", "Doctor")})
+    path = tmp_path / "dialogues.parquet"
+    pq.write_table(table.append_column("__index_level_0__", pa.array(range(len(rows)))), path)
+    with pytest.raises(DataError, match=r"dialogues\.parquet, row 5, column 'Patient': empty question"):
+        load(path, "ai_medical_chatbot")
+    records, report = load(path, "ai_medical_chatbot", on_bad_row="skip")
+    assert [(r.question, r.answer, r.focus, r.id, r.source) for r in records] == [
+        ("Hi doctor, I have a headache.", "Hi. Rest.", "Q. What causes my headache?", "dialogues:1", "ai-medical-chatbot"),
+        ("Hello, my son has a fever, 39 C.", None, "Q. Is a fever of 39 C serious?", "dialogues:2", "ai-medical-chatbot"),
+        ("Hi, headaches daily.", "Hi. See a neurologist.", "Q. What causes my headache?", "dialogues:3", "ai-medical-chatbot"),
+        ("Hi doctor, my knee hurts.", None, "", "dialogues:4", "ai-medical-chatbot"),
+    ]
+    assert counts(report) == (5, 4, 2, 2, 1)
+
+
+def test_chatdoctor_icliniq_reads_the_real_doctors_answer() -> None:
+    path = FIXTURES / "chatdoctor" / "iCliniq.json"
+    with pytest.raises(DataError, match=r"iCliniq\.json, row 4, column 'input': empty question"):
+        load(path, "chatdoctor")
+    records, report = load(path, "chatdoctor", on_bad_row="skip")
+    assert counts(report) == (5, 4, 3, 1, 1)
+    assert [r.id for r in records] == ["iCliniq:1", "iCliniq:2", "iCliniq:3", "iCliniq:5"]
+    assert records[0].answer.startswith("Hi. Based on your description this is most likely frontal and maxillary sinusitis")
+    assert records[1].question == "Hello doctor,\nMy 4-year-old son has had a fever of 102 F since yesterday and a rash on his trunk today. What should I do?"
+    assert records[2].answer is None  # an empty answer_icliniq is kept and counted, not filled from a model's answer
+    assert not any("Chat Doctor." in (r.answer or "") for r in records)  # answer_chatdoctor is not read
+    assert {r.source for r in records} == {"chatdoctor"}
+
+
+def test_chatdoctor_icliniq_hub_parquet(tmp_path: Path) -> None:
+    """lavita/ChatDoctor-iCliniq: the same columns as Parquet, told apart by its schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    items = json.loads((FIXTURES / "chatdoctor" / "iCliniq.json").read_text())
+    pq.write_table(pa.Table.from_pylist(items), tmp_path / "train.parquet")
+    records, report = load(tmp_path / "train.parquet", "chatdoctor", on_bad_row="skip")
+    assert counts(report) == (5, 4, 3, 1, 1)
+    assert [r.answer for r in records] == [items[i]["answer_icliniq"].strip() or None for i in (0, 1, 2, 4)]
+
+
+def test_chatdoctor_healthcaremagic() -> None:
+    path = FIXTURES / "chatdoctor" / "HealthCareMagic-100k.json"
+    records, report = load(path, "chatdoctor", on_bad_row="skip")
+    assert counts(report) == (4, 3, 2, 1, 1)
+    assert report.skipped == [{"file": str(path), "row": 4, "reason": "empty question"}]
+    assert records[0].question.startswith("I woke up this morning feeling the whole room is spinning")
+    assert records[0].answer.endswith("Best wishes, Chat Doctor.")
+    assert (records[2].id, records[2].answer) == ("HealthCareMagic-100k:3", None)  # "output": null
+    assert not any(INSTRUCTION in r.question for r in records)
+
+
+def test_medtext_fixture_bom_crlf_and_quotes() -> None:
+    """BI55/MedText's medtext_2.csv layout, saved on Windows: BOM, CRLF, multi-line and quoted cells."""
+    path = FIXTURES / "medtext" / "medtext_2.csv"
+    records, report = load(path, "medtext")
+    assert counts(report) == (4, 4, 3, 1, 0)
+    assert [r.id for r in records] == ["medtext_2:2", "medtext_2:4", "medtext_2:5", "medtext_2:6"]
+    assert records[0].question == ("A 60-year-old man with a 40 pack-year smoking history presents with hemoptysis and a "
+                                   "10 kg weight loss over 3 months.\nChest X-ray shows a central hilar mass. "
+                                   "What is the most likely diagnosis?")
+    assert records[1].question.startswith('A 25-year-old woman presents with a "butterfly" rash')
+    assert records[2].answer.startswith("Croup: a single dose of oral dexamethasone")
+    assert records[3].answer is None and {r.source for r in records} == {"medtext"}
+
+
 MEDTEXT_CSV = (
     "Prompt,Completion\n"
     '"A 45-year-old man, a smoker, presents with chest pain\nradiating to the left arm. What is the diagnosis?",'
@@ -172,9 +246,9 @@ def test_fields_override_defaults(tmp_path: Path) -> None:
 
 
 def test_unsupported_suffix_and_directory(tmp_path: Path) -> None:
-    path = tmp_path / "dialogues.parquet"
-    path.write_bytes(b"PAR1")
-    with pytest.raises(DataError, match=r"dialogues\.parquet: the 'ai_medical_chatbot' loader reads \.csv, \.json"):
+    path = tmp_path / "dialogues.xlsx"
+    path.write_bytes(b"PK")
+    with pytest.raises(DataError, match=r"dialogues\.xlsx: the 'ai_medical_chatbot' loader reads \.csv, \.json, \.jsonl, \.parquet"):
         load(path, "ai_medical_chatbot")
     with pytest.raises(DataError, match="is a directory"):
         load(tmp_path, "medtext")

@@ -60,6 +60,39 @@ def test_missing_column_names_file_column_and_available(tmp_path: Path, suffix: 
     assert "for record field 'answer'" in msg
 
 
+def write_parquet(path: Path, columns: dict[str, list], row_group_size: int | None = None) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+    return path
+
+
+def test_parquet_mapping_nulls_and_row_numbers(tmp_path: Path) -> None:
+    # Row groups of 2: the rows are read in batches and numbered across them.
+    path = write_parquet(tmp_path / "train-00000-of-00001.parquet", {
+        "Prompt": ["What is flu?", "Is it bad?", None, "Fever?"],
+        "Completion": ["A viral infection.", None, "orphan answer", "Rest."],
+        "__index_level_0__": [0, 1, 2, 3],  # pandas' index, as in many hub files: not read
+    }, row_group_size=2)
+    with pytest.raises(DataError, match=r"train-00000-of-00001\.parquet, row 3, column 'Prompt': empty question"):
+        load(path, fields={"question": "Prompt", "answer": "Completion"})
+    records, report = load(path, fields={"question": "Prompt", "answer": "Completion"}, on_bad_row="skip")
+    assert [(r.question, r.answer, r.id) for r in records] == [
+        ("What is flu?", "A viral infection.", "train-00000-of-00001:1"),
+        ("Is it bad?", None, "train-00000-of-00001:2"),
+        ("Fever?", "Rest.", "train-00000-of-00001:4"),
+    ]
+    assert (report.files_read, report.rows_seen, report.answered, report.empty_answers) == (1, 4, 2, 1)
+    assert report.skipped == [{"file": str(path), "row": 3, "reason": "empty question"}]
+
+
+def test_parquet_that_is_not_parquet(tmp_path: Path) -> None:
+    (tmp_path / "d.parquet").write_text("question,answer\nq,a\n")
+    with pytest.raises(DataError, match=r"d\.parquet: unreadable Parquet: "):
+        load(tmp_path / "d.parquet", on_bad_row="skip")
+
+
 def test_unknown_record_field_in_mapping(tmp_path: Path) -> None:
     (tmp_path / "d.csv").write_text("q,a\nx,y\n")
     with pytest.raises(DataError, match=r"unknown record field\(s\) \['questoin'\]"):
@@ -138,16 +171,17 @@ def test_malformed_json_file(tmp_path: Path) -> None:
 
 
 def test_unknown_loader_lists_registered(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"unknown loader 'parquet'; registered loaders: ai_medical_chatbot, .*chatdoctor, csv, .*headqa, json, jsonl, medmcqa, medqa, medquad, medtext"):
-        load_source(SourceConfig(loader="parquet", path=str(tmp_path)))
+    with pytest.raises(DataError, match=r"unknown loader 'xlsx'; registered loaders: ai_medical_chatbot, .*chatdoctor, csv, .*headqa, json, jsonl, medmcqa, medqa, medquad, medtext, .*parquet"):
+        load_source(SourceConfig(loader="xlsx", path=str(tmp_path)))
     with pytest.raises(DataError, match="no such file or directory"):
         load_source(SourceConfig(loader="csv", path=str(tmp_path / "missing.csv")))
 
 
 def test_infer_loader(tmp_path: Path) -> None:
-    assert [infer_loader(tmp_path / f"x.{s}") for s in ("csv", "JSON", "jsonl")] == ["csv", "json", "jsonl"]
-    with pytest.raises(DataError, match=r"cannot infer a loader from suffix '\.parquet'"):
-        infer_loader(tmp_path / "x.parquet")
+    suffixes = ("csv", "JSON", "jsonl", "parquet")
+    assert [infer_loader(tmp_path / f"x.{s}") for s in suffixes] == ["csv", "json", "jsonl", "parquet"]
+    with pytest.raises(DataError, match=r"cannot infer a loader from suffix '\.xlsx'"):
+        infer_loader(tmp_path / "x.xlsx")
     with pytest.raises(DataError, match="directory holds no XML files"):
         infer_loader(tmp_path)
 

@@ -1,5 +1,6 @@
-"""Multiple-choice loaders (HEAD-QA, MedQA, MedMCQA, PubMedQA, MMLU, CasiMedicos, Portuguese exams):
-fixtures in each dataset's real format, bad rows, and counts on the real files."""
+"""Multiple-choice loaders (HEAD-QA, MedQA, MedMCQA, PubMedQA, MMLU, CasiMedicos): fixtures in each
+dataset's real format (and the hub's), bad rows, and counts on the real files. Portuguese exams:
+test_data_exam_pt.py."""
 
 import csv
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from medtune.data import LOADERS, DataError
-from medtune.data.mcq import load_mcq, pubmedqa_test_ids, split_options
+from medtune.data.mcq import load_mcq, pubmedqa_test_ids
 from medtune.records import QARecord, from_dataset, to_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -28,6 +29,14 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def write_csv(path: Path, rows: list[list[str]]) -> Path:
     with path.open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(rows)
+    return path
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
     return path
 
 
@@ -101,6 +110,40 @@ def test_headqa_image_skipped_even_on_error(tmp_path: Path) -> None:
     assert [s["reason"] for s in report.skipped] == ["needs an image"]
 
 
+def headqa_hub_rows(path: Path) -> list[dict]:
+    """The rows of the hub's head_qa: one per question, naming its exam, with `image` null or {bytes, path}."""
+    data = json.loads(path.read_text())
+    return [{"name": name, "year": exam["year"], "category": exam["category"], "qid": int(item["qid"]),
+             "qtext": item["qtext"], "ra": int(item["ra"]),
+             "image": {"bytes": b"\x89PNG", "path": item["image"]} if item["image"] else None,
+             "answers": [{"aid": a["aid"], "atext": a["atext"]} for a in item["answers"]]}
+            for name, exam in data["exams"].items() for item in exam["data"]]
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "jsonl", "json"])
+def test_headqa_hub_rows(tmp_path: Path, suffix: str) -> None:
+    rows = headqa_hub_rows(headqa_file(tmp_path / "test_HEAD.json"))
+    path = tmp_path / f"test.{suffix}"
+    if suffix == "parquet":
+        write_parquet(path, rows)
+    else:  # as datasets' to_json writes them: image null, or its path
+        rows = [r | {"image": r["image"] and {"bytes": None, "path": r["image"]["path"]}} for r in rows]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows) if suffix == "jsonl" else json.dumps(rows))
+    records, report = load_mcq("headqa", path, language="es")
+    original, _ = load_mcq("headqa", tmp_path / "test_HEAD.json")
+    assert records == original
+    assert (report.rows_seen, report.records) == (3, 2)
+    assert report.skipped == [{"file": str(path), "row": "Cuaderno_2016_1_M:2", "reason": "needs an image"}]
+
+
+def test_headqa_hub_bad_row(tmp_path: Path) -> None:
+    rows = headqa_hub_rows(headqa_file(tmp_path / "test_HEAD.json", bad_ra=True))
+    path = write_parquet(tmp_path / "test.parquet", rows)
+    with pytest.raises(DataError, match=r"test\.parquet, row 3, column 'ra': exam 'Cuaderno_2016_1_E', qid 7: right answer 9"):
+        load_mcq("headqa", path)
+    assert [s["row"] for s in load_mcq("headqa", path, on_bad_row="skip")[1].skipped] == ["Cuaderno_2016_1_M:2", 3]
+
+
 # ---- MedQA ------------------------------------------------------------------------------------
 
 
@@ -121,10 +164,22 @@ def test_medqa(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "options",
+    [[{"key": k, "value": v} for k, v in reversed(MEDQA_ROW["options"].items())],  # BigBio's med_qa source schema
+     list(MEDQA_ROW["options"].values())],  # a plain list, lettered in order
+)
+def test_medqa_options_as_list(tmp_path: Path, options: list) -> None:
+    expected, _ = load_mcq("medqa", write_jsonl(tmp_path / "test.jsonl", [MEDQA_ROW]))
+    records, _ = load_mcq("medqa", write_parquet(tmp_path / "test.parquet", [MEDQA_ROW | {"options": options}]))
+    assert records == expected
+
+
+@pytest.mark.parametrize(
     ("change", "message"),
     [({"answer": "Ampicillin"}, "column 'answer': answer 'Ampicillin' is not option D's text 'Nitrofurantoin'"),
      ({"answer_idx": "E"}, "column 'answer_idx': answer_idx 'E' is not one of the options ['A', 'B', 'C', 'D']"),
-     ({"options": None}, "malformed item"),
+     ({"options": None}, "column 'options': expected an object {A: text} or a list, got NoneType"),
+     ({"options": [{"key": "A"}]}, "missing field 'value'"),
      ({"question": ""}, "empty question")],
 )
 def test_medqa_bad_rows(tmp_path: Path, change: dict, message: str) -> None:
@@ -163,12 +218,38 @@ def test_medmcqa_cop_counts_from_one(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("cop", [0, 5, "x"])
-def test_medmcqa_bad_cop(tmp_path: Path, cop) -> None:
-    path = write_jsonl(tmp_path / "dev.jsonl", [MEDMCQA_ROW | {"cop": cop}])
-    with pytest.raises(DataError, match=r"dev\.jsonl, line 1"):
+@pytest.mark.parametrize(("cop", "message"), [(5, "cop 5 is not 1-4"), ("x", "malformed item"), (2.5, "malformed item")])
+def test_medmcqa_bad_cop(tmp_path: Path, cop, message: str) -> None:
+    path = write_jsonl(tmp_path / "dev.jsonl", [MEDMCQA_ROW | {"cop": 4}, MEDMCQA_ROW | {"cop": cop}])
+    with pytest.raises(DataError, match=r"dev\.jsonl, line 2") as info:
         load_mcq("medmcqa", path)
-    assert load_mcq("medmcqa", path, on_bad_row="skip")[1].skipped[0]["row"] == 1
+    assert message in str(info.value)
+    assert load_mcq("medmcqa", path, on_bad_row="skip")[1].skipped[0]["row"] == 2
+
+
+def test_medmcqa_hub_counts_from_zero(tmp_path: Path) -> None:
+    """The hub's export: cop 0-3, and -1 in the test split, which has no answers."""
+    hub = [MEDMCQA_ROW | {"cop": 0}, MEDMCQA_ROW | {"cop": 3, "id": "x2"}, MEDMCQA_ROW | {"cop": -1, "id": "x3"}]
+    options = tuple(MEDMCQA_ROW[k] for k in ("opa", "opb", "opc", "opd"))
+    for path in (write_jsonl(tmp_path / "validation.jsonl", hub), write_parquet(tmp_path / "validation.parquet", hub)):
+        records, report = load_mcq("medmcqa", path)  # the -1 is skipped even when bad rows are errors
+        assert [(r.id, r.answer_index) for r in records] == [("45258d3d", 0), ("x2", 3)]
+        assert records[1] == mcq(MEDMCQA_ROW["question"], options, 3, id="x2", source="medmcqa", category="Physiology")
+        assert report.skipped == [{"file": str(path), "row": 3,
+                                   "reason": "no answer key (cop missing or -1, as in the test split)"}]
+
+
+def test_medmcqa_cop_base_from_the_format_when_only_1_to_3(tmp_path: Path) -> None:
+    rows = [MEDMCQA_ROW | {"cop": 1}, MEDMCQA_ROW | {"cop": 3}]
+    original = load_mcq("medmcqa", write_jsonl(tmp_path / "dev.jsonl", rows))[0]
+    hub = load_mcq("medmcqa", write_parquet(tmp_path / "dev.parquet", rows))[0]
+    assert [r.answer_index for r in original] == [0, 2] and [r.answer_index for r in hub] == [1, 3]
+
+
+def test_medmcqa_cop_with_both_0_and_4_is_an_error(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "dev.jsonl", [MEDMCQA_ROW | {"cop": 0}, MEDMCQA_ROW | {"cop": 4}])
+    with pytest.raises(DataError, match=r"dev\.jsonl, column 'cop': cop holds both 0 and 4"):
+        load_mcq("medmcqa", path, on_bad_row="skip")
 
 
 def test_medmcqa_missing_option(tmp_path: Path) -> None:
@@ -289,74 +370,6 @@ def test_casimedicos_bad_rows(tmp_path: Path, options: dict, correct: str, messa
     assert len(load_mcq("casimedicos", path, on_bad_row="skip")[1].skipped) == 1
 
 
-# ---- Portuguese exams -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "question", "options"),
-    [("Qual é a capital?\nA) Lisboa\nB) Porto\nC) Braga", "Qual é a capital?", ("Lisboa", "Porto", "Braga")),
-     ("Qual?\n(A) um\n(B) dois\n(C) três\n(D) quatro\n(E) cinco", "Qual?", ("um", "dois", "três", "quatro", "cinco")),
-     ("Paciente de 40 anos.\nQual a conduta?\nA. Observar\nB. Operar", "Paciente de 40 anos.\nQual a conduta?",
-      ("Observar", "Operar")),
-     ("Qual?\r\nA - Sim\r\nB – Não\r\nC - Talvez", "Qual?", ("Sim", "Não", "Talvez")),
-     ("Qual?\na) sim,\n   com ressalvas\nb) não", "Qual?", ("sim, com ressalvas", "não")),
-     # A lettered list of statements in the question comes before the options.
-     ("Considere:\na) a dor\nb) a febre\nEstá correto:\nA) a\nB) b\nC) a e b",
-      "Considere:\na) a dor\nb) a febre\nEstá correto:", ("a", "b", "a e b")),
-     ("E-mail do paciente?\nA) x\nB) y", "E-mail do paciente?", ("x", "y"))],
-)
-def test_split_options(text: str, question: str, options: tuple[str, ...]) -> None:
-    assert split_options(text) == (question, options)
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [("Sem opções.", "no options found"), ("Qual?\nA) x\nC) y", "out of letter order: A, C"),
-     ("Qual?\nA) x", "only one option")],
-)
-def test_split_options_fails(text: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        split_options(text)
-
-
-def test_exam_pt(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "prova.csv", [
-        ["Número", "Texto", "Resposta Correta"],
-        ["1", "Qual é a capital?\nA) Lisboa\nB) Porto\nC) Braga", "A"],
-        ["2", "Qual?\n(A) um\n(B) dois", " b "],
-    ])
-    records, report = load_mcq("exam_pt", path)
-    assert records == [
-        mcq("Qual é a capital?", ("Lisboa", "Porto", "Braga"), 0, id="prova:2", source="exam_pt", language="pt"),
-        mcq("Qual?", ("um", "dois"), 1, id="prova:6", source="exam_pt", language="pt"),
-    ]
-    assert (report.files_read, report.rows_seen) == (1, 2)
-
-
-def test_exam_pt_bad_rows(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "prova.csv", [
-        ["Texto", "Resposta Correta"],
-        ["Sem opções\nnenhuma", "A"],
-        ["Qual?\nA) x\nB) y", "D"],
-        ["Qual?\nA) x\nB) y", "B"],
-    ])
-    with pytest.raises(DataError) as info:
-        load_mcq("exam_pt", path)
-    assert str(info.value).startswith(f"{path}, line 2, column 'Texto': no options found")
-    records, report = load_mcq("exam_pt", path, on_bad_row="skip")
-    assert [r.id for r in records] == ["prova:7"]
-    assert [(s["row"], s["reason"]) for s in report.skipped] == [
-        (2, "no options found: expected lines starting with A), (A), A. or A -"),
-        (4, "answer 'D' is not one of the options A, B"),
-    ]
-
-
-def test_exam_pt_missing_column_is_an_error_even_when_skipping(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "prova.csv", [["Texto", "Resposta"], ["Qual?\nA) x\nB) y", "A"]])
-    with pytest.raises(DataError, match=r"line 1, column 'Resposta Correta': column 'Resposta Correta' not found"):
-        load_mcq("exam_pt", path, on_bad_row="skip")
-
-
 # ---- the real files ---------------------------------------------------------------------------
 
 
@@ -418,3 +431,19 @@ def test_real_details() -> None:
     assert len(test_ids) == 500 and test_ids <= {r.id for r in pubmedqa}
     casimedicos, _ = load_mcq("casimedicos", real("casimedicos/en/train.jsonl"))
     assert Counter(len(r.options) for r in casimedicos) == {4: 207, 5: 174}  # the 5th is "nan" in 4-option exams
+
+
+def test_real_headqa_hub_layout_matches_the_original(tmp_path: Path) -> None:
+    original = real("head_qa/es/dev_HEAD.json")
+    path = write_parquet(tmp_path / "validation.parquet", headqa_hub_rows(original))
+    records, report = load_mcq("headqa", path, language="es")
+    expected, expected_report = load_mcq("headqa", original)
+    assert records == expected and len(records) == 1366 - 30
+    assert [s["row"] for s in report.skipped] == [s["row"] for s in expected_report.skipped]
+
+
+def test_real_medmcqa_in_the_hub_convention(tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in real("medmcqa/dev.jsonl").read_text().splitlines()]
+    hub = write_parquet(tmp_path / "validation.parquet", [r | {"cop": r["cop"] - 1} for r in rows])
+    records, report = load_mcq("medmcqa", hub)
+    assert records == load_mcq("medmcqa", real("medmcqa/dev.jsonl"))[0] and report.records == 4183

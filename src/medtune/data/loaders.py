@@ -23,7 +23,7 @@ LOADERS: dict[str, Loader] = {}
 
 # Suffixes that name their loader; formats that share a suffix (e.g. other JSON layouts) are
 # chosen by name instead.
-_BY_SUFFIX = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".xml": "medquad"}
+_BY_SUFFIX = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".xml": "medquad"}
 
 
 def register_loader(name: str) -> Callable[[Loader], Loader]:

@@ -1,4 +1,4 @@
-"""CSV, JSON (a list of objects) and JSONL files, with a mapping from record fields to columns.
+"""CSV, JSON (a list of objects), JSONL and Parquet files, with a mapping from record fields to columns.
 
 `SourceConfig.fields` maps a record field to the file's column, e.g. `{question: Prompt,
 answer: Completion}`; unmapped fields read the column of the same name. `question` and
@@ -24,10 +24,11 @@ from medtune.records import TEXT_FIELDS, QARecord
 
 
 def read_text(path: Path) -> str:
-    """The file as UTF-8 text (a BOM is dropped); other encodings fail naming the line."""
+    """The file as UTF-8 text (a BOM is dropped; Windows line ends, also inside quoted CSV fields, read
+    as "\\n"); other encodings fail naming the line."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig").replace("\r\n", "\n")
     except UnicodeDecodeError as exc:
         data, start = exc.object, exc.start  # the bytes after any BOM, which the offsets count from
         line = data.count(b"\n", 0, start) + 1
@@ -115,10 +116,9 @@ def load_csv(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARe
         raise DataError(path, f"malformed CSV: {exc}", line=reader.line_num) from None
 
 
-@register_loader("json")
-def load_json(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+def json_objects(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[tuple[int, dict]]:
+    """(row number, object) per item of a JSON list; an item that is not an object is a bad row."""
     report.files_read += 1
-    mapper = _Mapper(path, cfg)
     try:
         items = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
@@ -127,10 +127,17 @@ def load_json(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QAR
         raise DataError(path, f"expected a JSON list of objects, got a {type(items).__name__}")
     for row, item in enumerate(items, 1):
         report.rows_seen += 1
-        if not isinstance(item, dict):
-            err = DataError(path, f"expected an object, got a JSON {type(item).__name__}", row=row)
-            report.reject(err, cfg.on_bad_row)
-        elif (record := mapper.record(item, report, row=row)) is not None:
+        if isinstance(item, dict):
+            yield row, item
+        else:
+            report.reject(DataError(path, f"expected an object, got a JSON {type(item).__name__}", row=row), cfg.on_bad_row)
+
+
+@register_loader("json")
+def load_json(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+    mapper = _Mapper(path, cfg)
+    for row, item in json_objects(path, cfg, report):
+        if (record := mapper.record(item, report, row=row)) is not None:
             yield record
 
 
@@ -158,4 +165,30 @@ def load_jsonl(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QA
     mapper = _Mapper(path, cfg)
     for line, item in jsonl_objects(path, cfg, report):
         if (record := mapper.record(item, report, line=line)) is not None:
+            yield record
+
+
+def parquet_objects(path: Path, report: LoadReport) -> Iterator[tuple[int, dict]]:
+    """(row number, row) per row of a Parquet file (the Hugging Face hub's layout), read in batches so
+    that a large file is never held whole; nested columns come back as lists and dicts."""
+    import pyarrow as pa  # imported here: only Parquet files need it
+    import pyarrow.parquet as pq
+
+    report.files_read += 1
+    row = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches():
+            for item in batch.to_pylist():
+                row += 1
+                report.rows_seen += 1
+                yield row, item
+    except (pa.ArrowException, OSError) as exc:  # not Parquet, or a damaged page: the rest cannot be read
+        raise DataError(path, f"unreadable Parquet: {exc}", row=row + 1 if row else None) from None
+
+
+@register_loader("parquet")
+def load_parquet(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARecord]:
+    mapper = _Mapper(path, cfg)
+    for row, item in parquet_objects(path, report):
+        if (record := mapper.record(item, report, row=row)) is not None:
             yield record

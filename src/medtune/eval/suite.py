@@ -64,7 +64,7 @@ def evaluate(
     (out_dir / "items").mkdir(parents=True, exist_ok=True)
     results = {}
     for task, data in loaded:
-        log.info("%s: %d items", task.name, len(data.items))
+        log.info("%s: %d items, %d skipped (%s)", task.name, len(data.items), len(data.skipped), data.note)
         if task.kind == "choice":
             scorer = OptionScorer(predictor.model, predictor.tokenizer, batch_tokens=batch_tokens)
             result, rows = run_choice_task(task, data, scorer, num_fewshot=num_fewshot, limit=limit, prompt_language=prompt_language, seed=seed)
@@ -98,6 +98,8 @@ def run_choice_task(task: Task, data: TaskData, scorer: OptionScorer, *, num_few
         "prompt_language": language,
         "num_fewshot": num_fewshot,
         "skipped": _count_reasons(data.skipped),
+        "fewshot_skipped": _count_reasons(data.fewshot_skipped),
+        "files": data.files,
         "note": data.note,
         "example_prompt": requests[0].context + requests[0].options[gold[0]],
         "metrics": summarize(gold, pred, pred_norm, [r.category for r in items], seed=seed),
@@ -122,7 +124,7 @@ def run_generation_task(task: Task, data: TaskData, predictor: Predictor, *, lim
     nll = -sum(s[0] for s in scorer.score(requests, desc=f"{task.name} perplexity"))
     tokens = sum(len(scorer.encode(r).options[0]) for r in requests)
     metrics = generated["metrics"] | {"perplexity": math.exp(nll / tokens)}
-    result = {"kind": "generation", "about": task.about, "note": data.note, "n": generated["n"], "perplexity_tokens": tokens, "language": generated.get("language"), "metrics": metrics, "samples": generated["samples"]}
+    result = {"kind": "generation", "about": task.about, "note": data.note, "files": data.files, "skipped": _count_reasons(data.skipped), "n": generated["n"], "perplexity_tokens": tokens, "language": generated.get("language"), "metrics": metrics, "samples": generated["samples"]}
     return result, generated.get("predictions", [])
 
 
