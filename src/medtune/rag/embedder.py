@@ -97,6 +97,7 @@ class Embedder:
         return ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
 
     def _export(self, target: Path) -> None:
+        log.info("exporting %s to %s once (%s)", self.model_id, target.name, target.parent)
         import torch
 
         float_model = target.with_name("model.onnx")
@@ -127,8 +128,13 @@ class Embedder:
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
                 # per-channel weights on MatMul only: per-tensor int8 cost 5% cosine, this costs 0.5%
-                quantize_dynamic(str(float_model), str(staging / target.name), op_types_to_quantize=["MatMul"],
-                                 per_channel=True, weight_type=QuantType.QInt8)
+                root = logging.getLogger()  # onnxruntime advises pre-processing on the root logger: not for our users
+                level, root.level = root.level, logging.ERROR
+                try:
+                    quantize_dynamic(str(float_model), str(staging / target.name), op_types_to_quantize=["MatMul"],
+                                     per_channel=True, weight_type=QuantType.QInt8)
+                finally:
+                    root.level = level
                 os.replace(staging / target.name, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
