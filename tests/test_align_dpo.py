@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import qa_rows
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import medtune
 from medtune.align import make_pairs
@@ -65,8 +67,30 @@ def completion_logps(model, batch) -> torch.Tensor:
     return (logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1) * mask).sum(1)
 
 
-def first_batch(trainer):
-    return trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+def first_batch(trainer, n: int = 4):
+    return trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
+
+
+def implicit_rewards(policy: torch.Tensor, reference: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """DPO's reward margin per pair, beta * ((policy - reference) on chosen - (policy - reference) on rejected);
+    the collator stacks the chosen rows above the rejected ones."""
+    n = len(policy) // 2
+    gain = policy - reference
+    return beta * (gain[:n] - gain[n:])
+
+
+def train_on_first_pairs(trainer, n: int = 3):
+    """Train on the first `n` pairs only, so the margins after training are measured on pairs DPO saw at every step.
+    Three: the 4th pair mirrors the 3rd (its chosen answer is the 3rd's rejected one and vice versa), and a random
+    model, which barely reads the prompt, cannot raise both."""
+    trainer.train_dataset = trainer.train_dataset.select(range(n))
+    # Chosen means the data's own answer to the question (swapped columns would pass a margin check on the rows).
+    answers, tok = {r["question"]: r["answer"] for r in qa_rows()}, trainer.processing_class
+    for row in trainer.train_dataset:
+        question = next(q for q in answers if q in tok.decode(row["prompt_ids"]))
+        assert tok.decode(row["chosen_ids"], skip_special_tokens=True).strip() == answers[question]
+    trainer.train()
+    return first_batch(trainer, n)
 
 
 def test_lora_dpo_run_reports_reward_accuracy_and_pair_counts(causal_recipe_dict, tmp_path):
@@ -76,7 +100,10 @@ def test_lora_dpo_run_reports_reward_accuracy_and_pair_counts(causal_recipe_dict
 
     rewards = report["train"]["rewards"]
     assert [e["step"] for e in rewards["eval"]][:2] == [2, 4]
-    assert all(0 <= e["accuracy"] <= 1 and isinstance(e["margin"], float) for e in rewards["eval"])
+    n_val = report["data"]["pairs"]["validation"]["pairs"]
+    for e in rewards["eval"]:  # each after an update: the policy left the reference, so no reward is 0
+        assert e["chosen"] != 0 and e["rejected"] != 0 and e["margin"] == pytest.approx(e["chosen"] - e["rejected"], abs=1e-6)
+        assert e["accuracy"] * n_val == pytest.approx(round(e["accuracy"] * n_val))  # a share of whole validation pairs
     assert report["eval"]["metrics"]["reward_accuracy"] == rewards["eval"][-1]["accuracy"]
     assert report["eval"]["metrics"]["reward_margin"] == rewards["eval"][-1]["margin"]
     # The first step is measured before any update: policy and reference agree, so every reward is 0.
@@ -105,9 +132,14 @@ def test_full_dpo_precomputes_the_starting_models_log_probs(causal_recipe_dict, 
     batch = first_batch(trainer)
     expected = completion_logps(starting_model, batch)
     torch.testing.assert_close(torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]), expected, rtol=1e-4, atol=1e-4)
-    trainer.train()
+    trained = train_on_first_pairs(trainer)
     policy = completion_logps(trainer.model.eval(), batch)
     assert not torch.allclose(policy, expected, atol=1e-3)  # the policy moved; the stored reference did not
+    # DPO raised every chosen answer against its rejected one, relative to the start (a wrong sign lowers them)
+    rewards = implicit_rewards(completion_logps(trainer.model, trained), completion_logps(starting_model, trained))
+    assert (rewards > 0.5).all(), rewards
+    last = [e for e in trainer.state.log_history if "rewards/accuracies" in e][-1]
+    assert last["step"] == 4 and last["rewards/accuracies"] == 1.0  # TRL's own count agrees at the last step
 
 
 def test_full_dpo_run_over_a_pair_file(causal_recipe_dict, qa_jsonl, tmp_path):
@@ -124,9 +156,25 @@ def test_full_dpo_run_over_a_pair_file(causal_recipe_dict, qa_jsonl, tmp_path):
     degenerate = sum(pairs[s]["degenerate"].get("blank_rejected", 0) for s in ("train", "validation"))
     kept = sum(pairs[s]["by_strategy"]["file"] for s in ("train", "validation"))
     assert kept + degenerate == report["data"]["sizes"]["train"] + report["data"]["sizes"]["validation"]
-    assert 0 <= report["eval"]["metrics"]["reward_accuracy"] <= 1 and report["train"]["rewards"]["eval"]
+    last = report["train"]["rewards"]["eval"][-1]
+    assert report["eval"]["metrics"]["reward_accuracy"] == last["accuracy"] and 0 not in (last["chosen"], last["rejected"])
     assert (run_dir / "model" / "model.safetensors").is_file()
-    assert medtune.load(run_dir).predict(["What causes gout ?"], max_new_tokens=4)[0] is not None
+
+    # What was saved is the trained policy: every transformer weight moved from the start's.
+    saved, start = AutoModelForCausalLM.from_pretrained(run_dir / "model"), AutoModelForCausalLM.from_pretrained(causal_recipe_dict["model"])
+    start_weights = dict(start.model.layers.named_parameters())
+    assert all(not torch.equal(w, start_weights[n]) for n, w in saved.model.layers.named_parameters() if "norm" not in n)
+    # medtune.load answers in the run's chat format: the same greedy tokens as transformers given that prompt by hand.
+    questions = ["What causes gout ?", "How to treat lupus ?"]
+    predictor = medtune.load(run_dir)
+    answers = predictor.predict(questions, max_new_tokens=4)
+    tok = AutoTokenizer.from_pretrained(run_dir / "model")
+    for question, answer, used in zip(questions, answers, predictor.prompts(questions)):
+        prompt = f"<|im_start|>system\nYou answer medical questions.<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+        assert used == prompt  # a random model's greedy tokens barely depend on the prompt, so the prompt is checked itself
+        ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+        new = saved.generate(ids, max_new_tokens=4, do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+        assert answer and answer == tok.decode(new, skip_special_tokens=True).strip()
 
 
 def test_adapter_start_references_the_sft_model_with_one_copy_of_the_base(causal_recipe_dict, sft_run, tmp_path):
@@ -150,9 +198,12 @@ def test_adapter_start_references_the_sft_model_with_one_copy_of_the_base(causal
         bare_base = completion_logps(model, batch)
     assert not torch.allclose(bare_base, expected, atol=1e-2)  # so the reference is the SFT model, not the bare base
 
-    trainer.train()
+    trained = train_on_first_pairs(trainer)
     torch.testing.assert_close(reference(), expected, rtol=1e-4, atol=1e-4)  # still frozen
     assert not torch.allclose(completion_logps(model.eval(), batch), expected, atol=1e-3)  # the policy moved
+    # ... towards the chosen answers, measured against the SFT model it started from
+    rewards = implicit_rewards(completion_logps(model, trained), completion_logps(sft, trained))
+    assert (rewards > 0.02).all(), rewards
 
 
 def test_dpo_run_from_an_sft_run_saves_an_adapter_on_the_same_base(causal_recipe_dict, sft_run, tmp_path):

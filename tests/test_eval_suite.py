@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medtune.cli import main
 from medtune.eval.suite import evaluate
@@ -44,6 +46,19 @@ def data_dir(tmp_path) -> Path:
     return root
 
 
+def option_logliks(model, tokenizer, context: str, options: list[str]) -> list[float]:
+    """Each option's summed log-probability after `context`, one plain forward pass per option (no shared cache,
+    no batching): the option's tokens are those tokenize(context + " " + option) adds to tokenize(context)."""
+    ctx = tokenizer(context, add_special_tokens=False).input_ids
+    out = []
+    for option in options:
+        ids = tokenizer(f"{context} {option}", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logprobs = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+        out.append(sum(logprobs[t - 1, ids[t]].item() for t in range(len(ctx), len(ids))))
+    return out
+
+
 def test_eval_writes_report_items_and_charts(tiny_llama, data_dir, tmp_path):
     out = evaluate(tiny_llama, "headqa_en", data_dir=data_dir, out_dir=tmp_path / "ev", num_fewshot=1)
     report = json.loads((out / "report.json").read_text())
@@ -52,9 +67,26 @@ def test_eval_writes_report_items_and_charts(tiny_llama, data_dir, tmp_path):
     assert m["n"] == 6 and task["skipped"] == {"needs an image": 1}
     assert set(m["by_category"]) == {"medicine", "nursing"}
     rows = [json.loads(line) for line in (out / "items" / "headqa_en.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and all(len(r["loglik"]) == 4 for r in rows)
-    correct = sum(r["pred"] == r["gold"] for r in rows)
-    assert m["accuracy"]["value"] == pytest.approx(correct / 6)
+    assert [r["id"] for r in rows] == [f"cuaderno_medicine_1:{i}" for i in range(4)] + [f"cuaderno_nursing_1:{i}" for i in (4, 5)]
+
+    # Every item scored again by hand: the one worked example (the same for all: no dev question shares their
+    # categories), the question, then each option as a continuation.
+    prompt = task["example_prompt"]
+    shot = prompt[: prompt.rindex("Question: ")]
+    assert shot in {f"Question: {q}\nAnswer: {o[a - 1]}\n\n" for q, o, a in (QUESTIONS[i % 6] for i in (10, 11, 12))}
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(tiny_llama)
+    right = right_norm = 0
+    for row in rows:
+        question, options, answer = QUESTIONS[int(row["id"].split(":")[1])]
+        loglik = option_logliks(model, tokenizer, f"{shot}Question: {question}\nAnswer:", options)
+        assert row["loglik"] == pytest.approx(loglik, abs=1e-3)
+        best = max(range(4), key=lambda i: loglik[i])  # the prediction is the arg-max option ...
+        best_norm = max(range(4), key=lambda i: loglik[i] / len(options[i]))  # ... per character for accuracy_norm
+        assert (row["gold"], row["pred"], row["pred_norm"]) == ("ABCD"[answer - 1], "ABCD"[best], "ABCD"[best_norm])
+        right, right_norm = right + (best == answer - 1), right_norm + (best_norm == answer - 1)
+    assert m["accuracy"]["value"] == pytest.approx(right / 6) and m["accuracy_norm"]["value"] == pytest.approx(right_norm / 6)
+    medicine = sum(r["pred"] == "A" for r in rows[:4])
+    assert m["by_category"]["medicine"]["accuracy"]["value"] == pytest.approx(medicine / 4)
     assert m["accuracy"]["ci95"][0] <= m["accuracy"]["value"] <= m["accuracy"]["ci95"][1]
     assert task["example_prompt"].startswith("Question: ") and task["example_prompt"].count("Question: ") == 2  # one shot + the item
     md = (out / "report.md").read_text()

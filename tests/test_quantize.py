@@ -205,7 +205,8 @@ def spm_llama(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / MODEL_CARD).write_text(json.dumps({"template": "{question}", "system": "You answer medical questions.", "adapter": False}))
+    card = {"template": "Question: {question}\nAnswer:", "system": "You answer medical questions.", "adapter": False}
+    (out / MODEL_CARD).write_text(json.dumps(card))
     return out
 
 
@@ -233,8 +234,18 @@ def test_gguf_f16_reads_back_as_the_source(ggufs, spm_llama):
     reloaded, _ = load_quantized(out)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, source(ids).logits, atol=2e-3, rtol=0)  # weights rounded to f16
-    answers = Predictor.from_pretrained(out).predict(["What causes gout ?"], max_new_tokens=4, num_beams=1)
-    assert len(answers) == 1
+    # Served from the folder, the GGUF answers as the source does: same prompt tokens, same logits, same greedy words.
+    questions = ["What are the symptoms of asthma ?", "How to treat migraine ?"]
+    served, original = Predictor.from_pretrained(out), Predictor.from_pretrained(spm_llama)
+    prompts = served.prompts(questions)
+    assert prompts == original.prompts(questions) == [f"Question: {q}\nAnswer:" for q in questions]  # the card's template
+    enc = served.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    assert enc.input_ids.tolist() == original.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).input_ids.tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(served.model(**enc).logits, source(**enc).logits, atol=2e-3, rtol=0)
+    # At each of these 6 greedy steps the source's top two logits are at least 0.007 apart; f16 moves logits by 3e-4.
+    answers = served.predict(questions, max_new_tokens=6, num_beams=1)
+    assert answers == original.predict(questions, max_new_tokens=6, num_beams=1) and all(answers)
 
 
 @needs_llama_cpp

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import medtune.rag
 from medtune.rag.answer import Answerer, ask
+from medtune.rag.embedder import Embedder
 from medtune.rag.index import build_index, load_index
 from medtune.rag.passages import Passage
 from medtune.rag.retrieve import Retriever
@@ -22,6 +30,31 @@ PASSAGES = [
             text="Asthma is a chronic lung disease that inflames and narrows the airways. Symptoms include wheezing, chest "
                  "tightness, shortness of breath and coughing."),
 ]
+
+
+# Expected messages read straight from the rules file, not through SafetyRules (the code under test).
+MESSAGES = yaml.safe_load((Path(medtune.rag.__file__).parent / "safety_rules.yaml").read_text(encoding="utf-8"))["messages"]
+NOTICE = MESSAGES["notice"]["en"]
+SOURCES_TAIL = ("\n\nSources:\n[1] Noonan syndrome — https://ghr.nlm.nih.gov/condition/noonan-syndrome"
+                "\n[2] Asthma — https://www.nhlbi.nih.gov/health/asthma\n\n" + NOTICE)  # the Noonan question's two sources
+
+
+def best_cosine(embedder, sentence: str, passages: list[Passage]) -> tuple[float, str]:
+    """(highest cosine, passage id) of `sentence` against the passages' sentences, each embedded alone and
+    normalised here."""
+    def unit(text):
+        v = embedder.encode([text])[0].astype(np.float64)
+        return v / np.linalg.norm(v)
+
+    scored = [(float(unit(sentence) @ unit(s)), p.id) for p in passages for s in re.split(r"(?<=\.) ", p.text)]
+    return max(scored)
+
+
+@pytest.fixture(scope="module")
+def float_embedder() -> Embedder:
+    """The index's model in float32 with plain sentence-transformers: a second way to the support scores. The index
+    runs it in int8 with activations quantized per batch, so its cosines drift from these by about 0.02."""
+    return Embedder(backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -45,70 +78,85 @@ def test_prompt_numbers_the_retrieved_sources(answerer):
     assert user == {"role": "user", "content": "What are the signs of Noonan syndrome?"}
 
 
-def test_answer_taken_from_the_sources_is_grounded_and_lists_urls(answerer):
+def test_answer_taken_from_the_sources_is_grounded_and_lists_urls(answerer, float_embedder):
     prep = answerer.prepare("What are the signs of Noonan syndrome?")
     generated = "Noonan syndrome is characterized by unusual facial features, short stature and heart defects [1]."
     ans = answerer.finish(prep, generated)
     assert ans.grounded and ans.reason is None
     assert ans.body == generated  # what a server streamed is not rewritten
-    assert ans.support[0]["source"] == 1 and ans.support[0]["score"] >= answerer.min_support
-    assert "[1] Noonan syndrome — https://ghr.nlm.nih.gov/condition/noonan-syndrome" in ans.tail
-    assert "\n\nSupported by [1].\n\n" in ans.tail
-    assert ans.text.startswith(generated) and ans.text.rstrip().endswith(ans.safety["notice"])
+    sentence = "Noonan syndrome is characterized by unusual facial features, short stature and heart defects ."  # [1] cut
+    score, best = best_cosine(float_embedder, sentence, [PASSAGES[0], PASSAGES[2]])
+    assert best == "noonan-1" and score > answerer.min_support
+    assert ans.support == [{"sentence": sentence, "score": pytest.approx(score, abs=0.03), "source": 1}]
+    assert ans.tail == "\n\nSupported by [1]." + SOURCES_TAIL
+    assert ans.text == generated + ans.tail and ans.safety["notice"] == NOTICE
     d = ans.to_dict()
     assert d["sources"][0]["url"].startswith("https://ghr.nlm.nih.gov") and "text" not in d["sources"][0]
 
 
-def test_invented_answer_is_flagged_with_what_the_source_says(answerer):
+def test_invented_answer_is_flagged_with_what_the_source_says(answerer, float_embedder):
     prep = answerer.prepare("What are the signs of Noonan syndrome?")
-    ans = answerer.finish(prep, "The best treatment is to drink orange juice every morning and to sleep on the left side.")
-    assert not ans.grounded and ans.reason == "unsupported" and "Supported by" not in ans.tail
-    assert answerer.rules.message("unsupported", "en") in ans.tail
-    assert "[1] Noonan syndrome is a condition that affects many areas of the body." in ans.tail
+    invented = "The best treatment is to drink orange juice every morning and to sleep on the left side."
+    ans = answerer.finish(prep, invented)
+    assert not ans.grounded and ans.reason == "unsupported"
+    score, _ = best_cosine(float_embedder, invented, [PASSAGES[0], PASSAGES[2]])
+    assert score < answerer.min_support and ans.support[0]["score"] == pytest.approx(score, abs=0.03)
+    # The warning, then what the best source says (its first two sentences: the whole passage), cited.
+    assert ans.tail == f"\n\n{MESSAGES['unsupported']['en']}\n[1] {PASSAGES[0].text}" + SOURCES_TAIL
 
 
 def test_citation_of_a_missing_source_is_reported(answerer):
     prep = answerer.prepare("What are the signs of Noonan syndrome?")
     ans = answerer.finish(prep, "Noonan syndrome causes short stature and heart defects [1] [7].")
-    assert "[7]" in ans.tail.split(answerer.rules.message("bad_citation", "en"))[1].splitlines()[0]
+    assert "\n\nThe answer cites sources that do not exist: [7]\n\nSources:\n" in ans.tail
 
 
 def test_off_topic_question_gets_no_sources_instead_of_an_answer(answerer):
     prep = answerer.prepare("What is the best pizza recipe with pineapple?")
     assert prep.final is not None and prep.messages == []
     assert prep.final.reason == "no_sources" and not prep.final.grounded
-    assert prep.final.body == answerer.rules.message("no_sources", "en")
+    assert prep.final.body == MESSAGES["no_sources"]["en"] and prep.final.tail == "\n\n" + NOTICE
 
 
 def test_dose_change_for_a_named_patient_is_refused_without_generating(answerer):
     called = []
     ans = answerer.answer("Should I increase John's insulin to 20 units tonight?", lambda m: called.append(m) or "x")
-    assert called == [] and ans.reason == "refused" and ans.body == answerer.rules.check("Should I increase John's insulin to 20 units tonight?").refusal
+    assert called == [] and ans.reason == "refused" and ans.body == MESSAGES["dose_change_refusal"]["en"]
+    assert ans.body.startswith("I cannot advise on changing the dose") and ans.sources == []
 
 
 def test_emergency_advice_comes_first(answerer):
     q = "I have crushing chest pain right now and my left arm is numb"
     ans = answerer.answer(q, lambda m: "Asthma symptoms include chest tightness [1].")
-    verdict = answerer.rules.check(q)
-    assert verdict.emergency is not None and ans.text.startswith(verdict.emergency.message)
+    assert ans.safety["emergency"]["id"] == "chest_pain"
+    assert ans.prefix == MESSAGES["emergency"]["en"] + "\n\n" and ans.text.startswith(ans.prefix)
 
 
 def test_spanish_question_is_answered_in_spanish_words(answerer):
     prep = answerer.prepare("¿Cuáles son los síntomas del síndrome de Noonan?")
     assert prep.language == "es" and "Responde en español" in prep.messages[0]["content"]
     ans = answerer.finish(prep, "El síndrome de Noonan causa baja estatura [1].")
-    assert answerer.rules.message("sources_heading", "es") in ans.tail and answerer.rules.notice("es") in ans.tail
+    assert "\n\nFuentes:\n[1] Noonan syndrome — " in ans.tail and ans.tail.endswith("\n\n" + MESSAGES["notice"]["es"])
 
 
 def test_without_an_index_the_answer_says_it_is_not_grounded():
     a = Answerer(None)
     ans = a.answer("What causes gout?", lambda m: "Gout is caused by uric acid.")
-    assert ans.reason == "no_index" and not ans.grounded and a.rules.message("ungrounded", "en") in ans.tail
+    assert ans.reason == "no_index" and not ans.grounded
+    assert ans.tail == f"\n\n{MESSAGES['ungrounded']['en']}\n\n{NOTICE}"
 
 
 def test_ask_end_to_end_with_a_model(tiny_llama, tmp_path):
     out = build_index(PASSAGES, tmp_path / "idx", progress=False)
     ans = ask("What are the symptoms of asthma?", index=out, model=str(tiny_llama), k=2, max_new_tokens=8)
     assert ans.sources[0].url == "https://www.nhlbi.nih.gov/health/asthma"
+    # The body is the model's greedy continuation of the messages, joined as medtune does for a model with no chat
+    # template, generated here with transformers alone.
+    system = Answerer(Retriever(load_index(out)), k=2).prepare("What are the symptoms of asthma?").messages[0]["content"]
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_llama), AutoModelForCausalLM.from_pretrained(tiny_llama)
+    ids = tokenizer(f"{system}\n\nWhat are the symptoms of asthma?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        new = model.generate(ids, max_new_tokens=8, do_sample=False, num_beams=1)[0, ids.shape[1]:]
+    assert ans.body == tokenizer.decode(new, skip_special_tokens=True).strip() and ans.body
     assert "https://www.nhlbi.nih.gov/health/asthma" in ans.text
     assert json.loads(json.dumps(ans.to_dict()))["question"] == "What are the symptoms of asthma?"

@@ -43,6 +43,20 @@ OUTPUTS = {
 }
 
 
+def assert_every_generation_counted(report: dict, outputs: list[str], per_passage: int) -> None:
+    """Counts recomputed from the generations themselves: each is malformed (no pair) or parsed; of its pairs, those
+    beyond `per_passage` are extra, and each of the others is a record or exactly one drop reason."""
+    n_pairs = [len(parse_pairs(o)) for o in outputs]
+    dropped = report["dropped"]
+    assert report["generations"]["items"] == report["passages"] == len(outputs)
+    assert dropped.get("malformed", 0) == n_pairs.count(0)
+    assert report["pairs_parsed"] == sum(n_pairs)
+    assert dropped.get("extra_pairs", 0) == sum(max(0, n - per_passage) for n in n_pairs)
+    judged = {k: v for k, v in dropped.items() if k not in ("malformed", "extra_pairs")}
+    assert all(v > 0 for v in dropped.values())
+    assert report["records"] + sum(judged.values()) == sum(min(n, per_passage) for n in n_pairs)
+
+
 class Canned:
     """A deterministic generator: the canned output for the passage named in each prompt."""
 
@@ -97,6 +111,7 @@ def test_synthesize_counts_every_pair_it_does_not_keep(clinical_jsonl, tmp_path)
     assert report["dropped"] == {"duplicate": 1, "extra_pairs": 1, "malformed": 1, "near_duplicate": 1,
                                  "uninformative": 1, "unsupported": 1}
     assert report["records"] == 6
+    assert_every_generation_counted(report, Canned()(canned.prompts), per_passage=2)
 
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["0#1", "0#2", "2#1", "3#1", "5#1", "5#2"]
@@ -122,16 +137,29 @@ def test_synthesize_counts_every_pair_it_does_not_keep(clinical_jsonl, tmp_path)
     assert again.prompts == [] and rerun["generations"]["cached"] == 6
     assert (tmp_path / "again.jsonl").read_bytes() == out.read_bytes()
 
+    # Three per passage: no pair is extra now, and the 3rd of "extra" is judged (and kept) instead.
+    canned = Canned()
+    three = synthesize(clinical_jsonl, tmp_path / "three.jsonl", model="canned-llm", language="es", per_passage=3,
+                       cache_dir=tmp_path / "cache", generate=canned, progress=False)
+    assert three["pairs_parsed"] == 11 and three["records"] == 7
+    assert three["dropped"] == {"duplicate": 1, "malformed": 1, "near_duplicate": 1, "uninformative": 1, "unsupported": 1}
+    assert_every_generation_counted(three, Canned()(canned.prompts), per_passage=3)
+
 
 def test_qa_answers_as_passages_with_the_tiny_model(qa_jsonl, tiny_llama, tmp_path):
     out = tmp_path / "synth.jsonl"
     report = synthesize(qa_jsonl, out, model=str(tiny_llama), min_chars=20, max_passages=2, batch_size=2,
                         generation={"max_new_tokens": 8}, cache_dir=tmp_path / "cache", progress=False)
     assert report["passages"] == 2 and report["passages_skipped"] == {"over_limit": 38}
-    assert report["generations"]["generated"] == 2
-    # a random model writes gibberish: every generation is counted, as a record or a reason
-    assert report["records"] + sum(report["dropped"].values()) >= 2
-    assert out.exists() and json.loads(provenance_path(out).read_text())["prompts"] == {"en": PROMPTS["en"]}
+    assert report["generations"] == {"items": 2, "unique": 2, "cached": 0, "generated": 2}
+    # Every generation is counted, from what the model wrote (read back from the cache) ...
+    outputs = [json.loads(line)["v"] for line in Path(report["cache"]).read_text().splitlines()]
+    assert len(outputs) == 2 and all(outputs)
+    assert_every_generation_counted(report, outputs, per_passage=1)
+    # ... which, from a random model, is gibberish with no "Question:"/"Answer:" labels: two malformed generations.
+    assert not any(label in o.lower() for o in outputs for label in ("question", "answer"))
+    assert report["dropped"] == {"malformed": 2} and report["records"] == report["pairs_parsed"] == 0
+    assert out.read_text() == "" and json.loads(provenance_path(out).read_text())["prompts"] == {"en": PROMPTS["en"]}
 
 
 def test_bad_arguments_are_refused(clinical_jsonl, tmp_path):
