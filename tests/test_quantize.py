@@ -15,8 +15,7 @@ import torch
 from conftest import qa_rows
 from safetensors import safe_open
 
-from medtune.models import cache_dir
-from medtune.models import MODEL_CARD, load_adapter_model, load_quantized
+from medtune.models import MODEL_CARD, cache_dir, load_adapter_model, load_quantized
 from medtune.predict import Predictor
 from medtune.quantize import QuantizeError, quantize
 from medtune.models.quanto import WEIGHTS
