@@ -227,6 +227,11 @@ def test_adapter_start_needs_an_adapter_method_and_seq2seq_is_refused(causal_rec
         check_start(resolve_start(seq2seq.model.name_or_path))
     with pytest.raises(RecipeError, match="align: DPO trains causal LMs; model.kind is seq2seq"):
         recipe_from_dict(dpo_recipe(causal_recipe_dict) | {"model": {"name_or_path": str(tiny_t5), "kind": "seq2seq"}})
+    sft = {k: v for k, v in causal_recipe_dict.items() if k != "align"}  # dpo_recipe() above added the align section
+    sft_on_adapter = recipe_from_dict(sft | {"model": str(sft_run), "output_dir": str(sft_run / "none")})
+    with pytest.raises(RecipeError, match="is a LoRA adapter; fold it into its base with `medtune merge-adapter`"):
+        run(sft_on_adapter)  # SFT would wrap a second adapter around the first
+    assert not (sft_run / "none").exists()  # refused before a run directory was made
 
 
 def test_reward_history_reads_trls_metric_names():

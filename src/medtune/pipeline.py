@@ -15,7 +15,6 @@ import torch.distributed as dist
 from accelerate import PartialState
 from transformers import TrainerCallback
 
-from medtune.logs import log
 from medtune.align.dpo import MedtuneDPOTrainer, build_dpo_trainer, check_start, reward_history, sampler
 from medtune.align.pairs import pair_splits
 from medtune.data import prepare_data
@@ -23,6 +22,7 @@ from medtune.eval.generation import evaluate_generation
 from medtune.train.perplexity import answer_perplexity
 from medtune.eval.report import plot_loss_curve, write_report
 from medtune.io import write_atomic
+from medtune.logs import log
 from medtune.models import load_start, resolve_start, run_card, write_card
 from medtune.predict import Predictor
 from medtune.recipe import Recipe, RecipeError, dump_recipe
