@@ -2,10 +2,14 @@
 
     .venv/bin/python benchmarks/retrieval_latency.py [--medquad ../shared/data/medquad] [--index-dir DIR]
 
-Targets on the 2-core CPU machine: build <= 5 min, single hybrid query p95 <= 30 ms. The build
-is compared, in the same run, with plain torch sentence-transformers encoding a sample of the
-same passages, extrapolated to all of them. Fusion is tuned on the self-test's dev foci and
-every mode is reported on the test foci. JSON on stdout, a table on stderr.
+Targets on the 2-core CPU machine: build <= 5 min, single hybrid query p95 <= 30 ms. Three times
+are reported apart: reading and chunking MedQuAD, the embedder's one-time int8 ONNX export (made
+here in a fresh cache folder, so it is measured every run; `medtune index build` makes it on first
+use and keeps it in ~/.cache/medtune/onnx), and the build proper (embedding, BM25, HNSW, threshold
+calibration, writing), which is what `build_index` times. The embedding is compared, in the same
+run, with plain torch sentence-transformers encoding a sample of the same passages, extrapolated
+to all of them. Fusion is tuned on the self-test's dev foci and every mode is reported on the
+test foci. JSON on stdout, a table on stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -40,6 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="medtune-retrieval-bench-"))
+    os.environ["MEDTUNE_CACHE"] = str(work / "cache")  # a fresh cache: the ONNX export below is made, and timed, in this run
     index_dir = Path(args.index_dir) if args.index_dir else work / "index"
     out: dict = {}
 
@@ -57,15 +63,17 @@ def main() -> None:
     torch_rate = args.torch_sample / (time.perf_counter() - t0)
     del torch_embedder
 
+    # The default embedder, all-MiniLM-L6-v2 as int8 ONNX: exported and quantized once (the model itself was
+    # unpacked above for the torch baseline), timed apart from the build.
     t0 = time.perf_counter()
-    embedder = Embedder()  # the default: all-MiniLM-L6-v2, onnx-int8 (exported on first use, outside the timing)
-    setup_s = time.perf_counter() - t0
+    embedder = Embedder()
+    export_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     build_index(passages, index_dir, embedder=embedder, report=report, progress=False)
     build_s = time.perf_counter() - t0
     manifest = json.loads((index_dir / "manifest.json").read_text())
     torch_estimate = len(passages) / torch_rate
-    out["build"] = {"seconds": round(build_s, 1), "embed_seconds": manifest["timings_s"]["embed"], "embedder_setup_s": round(setup_s, 1),
+    out["build"] = {"seconds": round(build_s, 1), "embed_seconds": manifest["timings_s"]["embed"], "onnx_export_s": round(export_s, 1),
                     "embed_rate_per_s": round(len(passages) / manifest["timings_s"]["embed"], 1),
                     "torch_rate_per_s": round(torch_rate, 1), "torch_embed_estimate_s": round(torch_estimate, 1),
                     "speedup_vs_torch_embed": round(torch_estimate / manifest["timings_s"]["embed"], 2),
@@ -94,7 +102,8 @@ def main() -> None:
     out["latency_ms_hybrid"] = test["modes"]["hybrid"]["latency_ms"] | {"target_p95": 30}
 
     print(json.dumps(out, indent=2))
-    rows = [("passages", out["passages"]["count"]), ("build s (target 300)", out["build"]["seconds"]),
+    rows = [("passages", out["passages"]["count"]), ("read + chunk s", out["passages"]["read_s"]),
+            ("one-time ONNX export s", out["build"]["onnx_export_s"]), ("build s (target 300)", out["build"]["seconds"]),
             ("embed s / torch estimate s", f"{out['build']['embed_seconds']} / {out['build']['torch_embed_estimate_s']} "
                                            f"(x{out['build']['speedup_vs_torch_embed']})"),
             ("load s (index / +embedder)", f"{out['load']['index_s']} / {out['load']['with_embedder_s']}"),
