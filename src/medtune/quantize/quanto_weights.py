@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from medtune.models.quanto import QMAP, WEIGHTS, tied_head
 
 # int4 keeps the layers most sensitive to it in int8, as llama.cpp's Q4_K_M keeps attention values and
-# feed-forward outputs at higher precision: on a fine-tuned SmolLM2 all-int4 cost +12.1% perplexity, this +3.6%.
+# feed-forward outputs at higher precision: on a fine-tuned SmolLM2 all-int4 cost +9.6% perplexity, this +2.6%
+# (benchmarks/quantize_size_ppl.py --finetune 6 --study).
 KEEP_INT8 = ("v_proj", "o_proj", "down_proj")
 
 
