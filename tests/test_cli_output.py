@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _train(recipe_dict: dict, tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
     recipe = tmp_path / "r.yaml"
+    # No checkpoint before the end: two saved in one second make transformers warn that it sorts them by number.
+    recipe_dict["train"]["save_steps"] = 100
     recipe.write_text(yaml.safe_dump(recipe_dict))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TQDM_", "HF_", "TRANSFORMERS_", "DATASETS_"))}
     return subprocess.run([sys.executable, "-m", "medtune.cli", *flags, "train", str(recipe)], capture_output=True,

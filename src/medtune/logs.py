@@ -12,8 +12,6 @@ import os
 import sys
 import warnings
 
-from tqdm.auto import tqdm
-
 log = logging.getLogger("medtune")
 
 # Read by the libraries when they are imported: their own progress bars ("Loading weights", datasets'
@@ -24,7 +22,9 @@ QUIET_LIBRARIES = {
     "TRANSFORMERS_VERBOSITY": "warning",
     "DATASETS_VERBOSITY": "warning",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-    "TQDM_DISABLE": "1",  # bars of plain tqdm (transformers' GGUF reader); medtune's own bars set `disable` themselves
+    # Bars of plain tqdm (transformers' GGUF reader); medtune's own bars set `disable` themselves. tqdm reads it
+    # when first imported, so this module imports tqdm only in bar().
+    "TQDM_DISABLE": "1",
     "TOKENIZERS_PARALLELISM": "false",  # else the tokenizers library warns on every fork (dataloader workers, servers)
 }
 LIBRARIES = r"(transformers|peft|trl|accelerate|datasets|torch|huggingface_hub|sentence_transformers)(\.|$)"
@@ -42,6 +42,13 @@ def setup(verbosity: int = 0) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
     log.propagate = False
+    # The libraries' records, through one handler on the root logger: warnings and errors (with -v, their INFO
+    # too) whatever level a library sets on its own logger (bm25s sets DEBUG), and no library can install a
+    # handler of its own with logging.basicConfig (a bare logging.warning() call does that).
+    libraries = logging.StreamHandler(sys.stderr)
+    libraries.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    libraries.setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
+    logging.getLogger().handlers[:] = [libraries]
     if verbosity > 0:
         return
     for name, value in QUIET_LIBRARIES.items():
@@ -65,7 +72,9 @@ def setup(verbosity: int = 0) -> None:
         datasets.disable_progress_bars()
 
 
-def bar(iterable=None, *, desc: str, total: int | None = None, unit: str = "it", disable: bool = False, **kwargs) -> tqdm:
-    """A progress bar for one long stage; it appears only after BAR_DELAY_S and never with -q."""
+def bar(iterable=None, *, desc: str, total: int | None = None, unit: str = "it", disable: bool = False, **kwargs):
+    """A progress bar (tqdm) for one long stage; it appears only after BAR_DELAY_S and never with -q."""
+    from tqdm.auto import tqdm
+
     return tqdm(iterable, desc=desc, total=total, unit=unit, delay=BAR_DELAY_S, leave=False,
                 disable=disable or not _bars, dynamic_ncols=True, **kwargs)
