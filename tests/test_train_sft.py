@@ -124,6 +124,26 @@ def test_packed_row_scores_each_document_as_if_alone(causal_recipe_dict, tmp_pat
             assert labels[0, a] == -100  # nothing is predicted across a boundary
 
 
+def test_held_out_perplexity_is_the_same_with_packing(causal_recipe_dict, tmp_path):
+    """A packing run's eval collator joins a batch's answers in one row: scored with their position ids, each
+    answer still sees only itself (without them the quickstart's before-perplexity read 9.16 instead of 11.53)."""
+    from medtune.train.perplexity import answer_perplexity
+
+    scores = []
+    for packing in (False, True):
+        causal_recipe_dict["train"] |= {"packing": packing, "max_length": 128}
+        recipe = recipe_from_dict(causal_recipe_dict)
+        resolved = resolve_model(recipe.model.name_or_path)
+        trainer = build_sft_trainer(recipe, load_model(resolved), load_tokenizer(resolved), prepare_data(recipe.data).splits,
+                                    tmp_path / str(packing))
+        if packing:  # the case this guards: several answers in one collated row
+            batch = trainer.data_collator([trainer.eval_dataset[i] for i in range(4)])
+            assert batch["input_ids"].shape[0] == 1 and int((batch["position_ids"][0] == 0).sum()) == 4
+        scores.append(answer_perplexity(trainer.model, trainer.eval_dataset, trainer.data_collator, batch_size=4))
+    assert scores[0]["tokens"] == scores[1]["tokens"] > 0
+    assert scores[1]["nll"] == pytest.approx(scores[0]["nll"], abs=1e-4)
+
+
 def test_packing_and_gradient_checkpointing_train(causal_recipe_dict, tmp_path):
     causal_recipe_dict["train"] |= {"packing": True, "gradient_checkpointing": True, "max_steps": 2, "max_length": 128}
     causal_recipe_dict["eval"] |= {"metrics": ["perplexity"], "max_samples": 2}

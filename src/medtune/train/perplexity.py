@@ -16,6 +16,9 @@ from torch.utils.data import DataLoader
 from medtune.logs import bar
 
 _MODEL_INPUTS = ["input_ids", "attention_mask", "labels"]
+# A packing run's collator puts a batch's answers in one padding-free row; their position ids, restarting at
+# each answer, keep every answer attending to itself alone (without them the later answers read the earlier).
+_COLLATED_INPUTS = [*_MODEL_INPUTS, "position_ids"]
 
 
 @torch.inference_mode()
@@ -26,7 +29,7 @@ def answer_perplexity(model, ds: datasets.Dataset, collator, *, batch_size: int 
     model.eval()
     total, tokens = 0.0, 0
     for batch in bar(DataLoader(ds, batch_size=batch_size, collate_fn=collator), desc=desc):
-        batch = {k: v.to(model.device) for k, v in batch.items() if k in _MODEL_INPUTS}
+        batch = {k: v.to(model.device) for k, v in batch.items() if k in _COLLATED_INPUTS}
         labels = batch.pop("labels")
         if model.config.is_encoder_decoder:
             logits = model(**batch, labels=labels).logits  # labels build the decoder inputs
