@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = args.model
     if model is None:
-        from medtune.models import DEFAULT_MODEL, resolve_model
+        from medtune import DEFAULT_MODEL
+        from medtune.models import resolve_model
         model = resolve_model(DEFAULT_MODEL).location
 
     results = {}
