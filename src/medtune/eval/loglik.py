@@ -15,6 +15,7 @@ Speed comes from three things, none of which changes a score:
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,9 @@ class OptionScorer:
         self.is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         self.device = next(model.parameters()).device
         self.max_length = _max_length(model, tokenizer)
+        # transformers 5 renamed the forward's `past_key_values` to `cache` (the old name warns); older 5.x have the old.
+        forward = (model.get_base_model() if hasattr(model, "get_base_model") else model).forward  # a PEFT model passes it on
+        self.cache_kwarg = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
         # Models whose tokenizer starts every text with BOS expect it; lm-eval's HF backend adds none otherwise.
         probe = tokenizer("a").input_ids
         self.bos = [probe[0]] if tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id] else []
@@ -145,7 +149,7 @@ class OptionScorer:
             input_ids=opt,
             attention_mask=torch.cat([ctx_mask[owner_t], opt_mask], dim=1),
             position_ids=lengths[:, None] + torch.arange(span, device=dev),
-            past_key_values=cache,
+            **{self.cache_kwarg: cache},
             use_cache=True,
             logits_to_keep=torch.arange(max(span - 1, 1), device=dev),  # the last position predicts nothing we score
         ).logits.float()
