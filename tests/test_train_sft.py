@@ -75,8 +75,13 @@ def test_lora_run_saves_a_small_adapter_with_template_and_merges_to_the_same_out
 
     questions = ["What causes gout ?", "How to treat lupus ?"]
     adapted = medtune.load(run_dir).predict(questions, max_new_tokens=12)
-    proc = subprocess.run([sys.executable, "-m", "medtune.cli", "merge-adapter", str(run_dir), "--out", str(tmp_path / "merged")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "notes.txt").write_text("not medtune's")
+    merge = [sys.executable, "-m", "medtune.cli", "merge-adapter", str(run_dir), "--out", str(tmp_path / "merged")]
+    proc = subprocess.run(merge, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and "did not write there (no medtune.json)" in proc.stderr  # nothing of theirs deleted
+    assert [p.name for p in (tmp_path / "merged").iterdir()] == ["notes.txt"]
+    proc = subprocess.run(merge + ["--force"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     merged_dir = tmp_path / "merged"
     assert not list(merged_dir.glob("adapter_*"))  # a standalone model

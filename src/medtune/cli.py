@@ -55,7 +55,7 @@ def _quickstart(args) -> None:
 def _merge_adapter(args) -> None:
     from medtune.merge.adapter import merge_adapter
 
-    print(merge_adapter(args.run_dir, args.out))
+    print(merge_adapter(args.run_dir, args.out, force=args.force))
 
 
 def _merge(args) -> None:
@@ -143,7 +143,7 @@ def _index_build(args) -> None:
 
     chunking = {k: v for k, v in {"chunk_words": args.chunk_words, "overlap": args.overlap}.items() if v is not None}
     passages, report = load_passages(args.source, loader=args.loader, on_bad_row=args.on_bad_row, **chunking)
-    print(build_index(passages, args.out, embedder=args.embedder, backend=args.backend, report=report))
+    print(build_index(passages, args.out, embedder=args.embedder, backend=args.backend, report=report, force=args.force))
 
 
 def _ask(args) -> None:
@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge-adapter", help="fold a LoRA run's adapter into a full-precision copy of its base")
     m.add_argument("run_dir")
     m.add_argument("--out", required=True, type=Path, help="directory for the standalone merged model")
+    m.add_argument("--force", action="store_true", help="replace --out even if it holds files medtune did not write")
     m.set_defaults(func=_merge_adapter)
 
     mg = sub.add_parser("merge", help="merge models of one architecture (linear, slerp, task arithmetic, ties, dare); prints the output folder")
@@ -295,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = ixsub.add_parser("build", help="chunk, embed and index a QA or passage source (BM25 + dense); prints the index directory")
     b.add_argument("source", help="MedQuAD folder, passage JSONL (id, text, title, url, source, lang) or any QA file")
     b.add_argument("--out", required=True, type=Path, help="index directory to write")
+    b.add_argument("--force", action="store_true", help="replace --out even if it holds files medtune did not write")
     b.add_argument("--loader", help="loader name for a QA file (default: inferred from the path)")
     b.add_argument("--embedder", default="sentence-transformers/all-MiniLM-L6-v2", help="sentence-transformers model: hub id or local dir")
     b.add_argument("--backend", default="onnx-int8", help="embedding backend: onnx-int8 (fast on CPU) or torch")
@@ -385,6 +387,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors in what the user gave (recipe, data, model reference, index…): one clear line, no traceback.
     Imported only when something failed, so that `medtune --help` does not load torch."""
     from medtune.data.report import DataError
+    from medtune.io import OutputInUse
     from medtune.eval.tasks import TaskError
     from medtune.merge.merge import MergeError
     from medtune.models import ModelNotAvailable
@@ -392,7 +395,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from medtune.rag.index import IndexMismatch
     from medtune.recipe import RecipeError
 
-    return RecipeError, DataError, ModelNotAvailable, TaskError, IndexMismatch, MergeError, QuantizeError
+    return RecipeError, DataError, ModelNotAvailable, TaskError, IndexMismatch, MergeError, QuantizeError, OutputInUse
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,9 +49,24 @@ def build_dir_atomic(target: Path, build: Callable[[Path], None], marker: str) -
     return target
 
 
-def replace_dir_atomic(target: Path, build: Callable[[Path], None]) -> Path:
+class OutputInUse(ValueError):
+    """An output path that holds something medtune did not write there."""
+
+
+def check_replaceable(target: Path, marker: str, force: bool = False) -> None:
+    """Refuse to replace a file, or a non-empty folder without `marker` (the file medtune writes in such a
+    folder), unless `force`; callers check before long work too, so that a refusal costs nothing."""
+    if target.exists() and not force and (not target.is_dir() or (any(target.iterdir()) and not (target / marker).is_file())):
+        raise OutputInUse(f"{target}: already holds files that medtune did not write there (no {marker}); "
+                          "choose another output folder, or pass --force to replace it")
+
+
+def replace_dir_atomic(target: Path, build: Callable[[Path], None], *, marker: str, force: bool = False) -> Path:
     """`target` (re)built by `build(staging_dir)`; an existing folder stays whole until the new one is
-    complete and is then swapped out, so a crash leaves either the old folder or the new one."""
+    complete and is then swapped out, so a crash leaves either the old folder or the new one.
+
+    Only what medtune made is replaced (see check_replaceable)."""
+    check_replaceable(target, marker, force)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 
-from medtune.io import replace_dir_atomic
-from medtune.models import ModelNotAvailable, load_adapter_model, read_card, write_card
+from medtune.io import check_replaceable, replace_dir_atomic
+from medtune.models import MODEL_CARD, ModelNotAvailable, load_adapter_model, read_card, write_card
 
 
-def merge_adapter(run_dir: str | Path, out: str | Path) -> Path:
+def merge_adapter(run_dir: str | Path, out: str | Path, *, force: bool = False) -> Path:
+    check_replaceable(Path(out), MODEL_CARD, force)
     adapter_dir, card = read_card(run_dir)
     if not card.get("adapter"):
         raise ModelNotAvailable(f"{run_dir}: no LoRA adapter here (merge-adapter takes the run directory of a lora/qlora run)")
@@ -26,4 +27,4 @@ def merge_adapter(run_dir: str | Path, out: str | Path) -> Path:
         tokenizer.save_pretrained(staging)
         write_card(staging, card | {"adapter": False, "merged_from": str(adapter_dir.resolve())})
 
-    return replace_dir_atomic(Path(out), save)
+    return replace_dir_atomic(Path(out), save, marker=MODEL_CARD, force=force)

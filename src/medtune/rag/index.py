@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 import medtune
-from medtune.io import replace_dir_atomic, write_atomic, write_json
+from medtune.io import check_replaceable, replace_dir_atomic, write_atomic, write_json
 from medtune.rag.embedder import DEFAULT_EMBEDDER, Embedder
 from medtune.data.passages import Passage
 from medtune.rag.passages import PassageReport
@@ -34,6 +34,7 @@ from medtune.rag.passages import PassageReport
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+MANIFEST = "manifest.json"  # written last into an index folder: what it holds and how it was built
 # Non-medical questions for calibrating the weak-retrieval threshold (see `calibrate_threshold`).
 OFF_TOPIC = (
     "What is the capital of France?", "Best pizza recipe", "How do I change a flat tyre?",
@@ -115,8 +116,10 @@ def build_index(
     max_seq_length: int = 128,
     report: PassageReport | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
-    """Embed and index `passages` into `out_dir` (replacing what is there once done); returns the folder."""
+    """Embed and index `passages` into `out_dir` (replacing an earlier index there once done; anything else
+    there only with `force`); returns the folder."""
     import bm25s
     from usearch.index import Index as HNSW
 
@@ -128,6 +131,7 @@ def build_index(
         raise ValueError(f"passage ids must be unique; {dup!r} appears more than once")
     started = time.perf_counter()
     out = Path(out_dir)
+    check_replaceable(out, MANIFEST, force)
     emb = embedder if isinstance(embedder, Embedder) else Embedder(embedder, backend, max_seq_length=max_seq_length)
 
     def build(staging: Path) -> None:
@@ -164,9 +168,9 @@ def build_index(
             "timings_s": {"embed": round(embed_s, 2), "total": None},
         }
         manifest["timings_s"]["total"] = round(time.perf_counter() - started, 2)
-        write_json(staging / "manifest.json", manifest)
+        write_json(staging / MANIFEST, manifest)
 
-    replace_dir_atomic(out, build)
+    replace_dir_atomic(out, build, marker=MANIFEST, force=force)
     log.info("indexed %d passages into %s in %.1f s", len(passages), out, time.perf_counter() - started)
     return out
 
@@ -235,7 +239,7 @@ def load_index(path: str | os.PathLike) -> Index:
     from usearch.index import Index as HNSW
 
     path = Path(path)
-    manifest_file = path / "manifest.json"
+    manifest_file = path / MANIFEST
     if not manifest_file.is_file():
         raise FileNotFoundError(f"{path}: not a medtune retrieval index (no manifest.json); build one with build_index")
     manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
