@@ -206,6 +206,10 @@ def assert_error(r, status: int, code: str | None = None, param: str | None = No
     (b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}', "invalid_value", "messages.0.content"),
     (b'{"messages": [{"role": "user", "content": "q"}], "n": 2}', "invalid_value", "n"),
     (b'{"messages": [{"role": "user", "content": "q"}], "max_tokens": 0}', "invalid_value", "max_tokens"),
+    (b'{"messages": [{"role": "user", "content": "q"}], "max_tokens": "5"}', "invalid_value", "max_tokens"),
+    (b'{"messages": [{"role": "user", "content": "q"}], "stream": "yes"}', "invalid_value", "stream"),
+    (b'{"messages": [{"role": "user", "content": "q"}], "temperature": "0.5"}', "invalid_value", "temperature"),
+    (b'{"messages": [{"role": "user", "content": 5}]}', "invalid_value", "messages.0.content"),
 ])
 def test_bad_requests_are_400(client, body, code, param):
     assert_error(client.post("/v1/chat/completions", content=body), 400, code, param)

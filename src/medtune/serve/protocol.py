@@ -85,7 +85,8 @@ def parse_body(raw: bytes, schema: type[_Request]) -> _Request:
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
     try:
-        return schema.model_validate(data)
+        # Strict: "5" is not a number and "yes" not a boolean; a client sending them has a bug to hear about.
+        return schema.model_validate(data, strict=True)
     except ValidationError as err:
         first = err.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
