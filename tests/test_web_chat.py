@@ -83,6 +83,41 @@ def test_page_streams_an_answer_with_sources_and_notice(server, tmp_path):
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 
+@pytest.fixture(scope="module")
+def hostile_index(tmp_path_factory):
+    """The test index's passages, with the gout page's URL replaced by a script."""
+    from dataclasses import replace
+
+    from medtune.rag.index import build_index
+
+    rows = [replace(p, url="javascript:alert(document.cookie)") if p.id == "gout-1" else p for p in passages()]
+    return str(build_index(rows, tmp_path_factory.mktemp("hostile") / "idx", progress=False))
+
+
+def test_page_links_only_web_urls(tiny_llama, hostile_index):
+    config = config_from_dict({"models": {"med": {"model": "unused", "index": hostile_index, "k": 2,
+                                                  "generation": {"max_new_tokens": 8}}}})
+    base, stop = start_server(create_app(config, predictors={"med": Predictor.from_pretrained(tiny_llama)}))
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(base)
+                page.get_by_label("Your question").fill("What causes gout?")
+                page.get_by_role("button", name="Ask").click()
+                turn = page.locator("article.turn").nth(0)
+                sync_api.expect(turn).to_have_attribute("data-done", "true", timeout=60_000)
+                items = turn.locator(".sources li")
+                assert items.first.inner_text() == "Gout" and items.first.locator("a").count() == 0  # shown, not linked
+                hrefs = [a.get_attribute("href") for a in turn.locator(".sources a").all()]
+                assert all(h.startswith("https://") for h in hrefs)
+            finally:
+                browser.close()
+    finally:
+        stop()
+
+
 def test_page_shows_server_errors(server):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
