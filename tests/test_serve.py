@@ -210,9 +210,18 @@ def assert_error(r, status: int, code: str | None = None, param: str | None = No
     (b'{"messages": [{"role": "user", "content": "q"}], "stream": "yes"}', "invalid_value", "stream"),
     (b'{"messages": [{"role": "user", "content": "q"}], "temperature": "0.5"}', "invalid_value", "temperature"),
     (b'{"messages": [{"role": "user", "content": 5}]}', "invalid_value", "messages.0.content"),
+    (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "invalid_json", None),  # RecursionError was a 500
 ])
 def test_bad_requests_are_400(client, body, code, param):
     assert_error(client.post("/v1/chat/completions", content=body), 400, code, param)
+
+
+def test_a_vanishing_temperature_is_greedy(client):
+    """1e-40 would turn the logits infinite and the sampler's probabilities NaN (a 500): it decodes greedily."""
+    greedy = chat(client, max_tokens=6, temperature=0)
+    tiny = chat(client, max_tokens=6, temperature=1e-40)
+    assert greedy.status_code == tiny.status_code == 200, tiny.text
+    assert tiny.json()["choices"][0]["message"]["content"] == greedy.json()["choices"][0]["message"]["content"]
 
 
 def test_max_tokens_above_limit_is_400(predictor):

@@ -18,6 +18,8 @@ from transformers.generation.streamers import BaseStreamer
 from medtune.predict import Predictor
 from medtune.recipe import GenerationConfig
 
+SAMPLING_EPS = 1e-5  # as vLLM: below this a temperature is greedy decoding
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -108,9 +110,10 @@ class Engine:
         self._running: list[Job] = []
 
     def sampling(self, temperature: float | None = None, top_p: float | None = None) -> Sampling:
-        """A request's settings over the model's defaults; temperature 0 means greedy."""
+        """A request's settings over the model's defaults; a temperature under SAMPLING_EPS means greedy
+        (dividing logits by 1e-40 makes them infinite, and the sampler fails on the NaNs)."""
         g = self.generation
-        do_sample = g.do_sample if temperature is None else temperature > 0
+        do_sample = g.do_sample if temperature is None else temperature >= SAMPLING_EPS
         if not do_sample:  # greedy ignores temperature and top_p: all greedy requests can share a batch
             return Sampling(False, 1.0, 1.0, g.repetition_penalty, g.no_repeat_ngram_size)
         return Sampling(True, temperature or g.temperature, top_p if top_p is not None else g.top_p,

@@ -82,6 +82,8 @@ def parse_body(raw: bytes, schema: type[_Request]) -> _Request:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise APIError(400, "the request body is not valid JSON", code="invalid_json") from None
+    except RecursionError:  # thousands of nested brackets: the parser's own stack runs out
+        raise APIError(400, "the request body is nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
     try:
