@@ -17,11 +17,14 @@ from fastapi.testclient import TestClient  # noqa: E402
 from medtune.predict import Predictor  # noqa: E402
 from medtune.serve import create_app  # noqa: E402
 from medtune.serve.config import ServeConfigError, config_from_dict, load_config  # noqa: E402
-from medtune.serve.engine import Engine, EngineTimeout, RowDecoder  # noqa: E402
+from medtune.serve.engine import ContextTooLong, Engine, EngineBusy, EngineTimeout, RowDecoder  # noqa: E402
 from medtune.serve.runtime import with_history  # noqa: E402
 
 QUESTIONS = ["What causes gout ?", "How to treat asthma and what are the symptoms of lupus ?", "hi",
              "What is (are) scurvy ?"]
+
+
+JSON = {"Content-Type": "application/json"}
 
 
 def user(text: str) -> list[dict]:
@@ -33,15 +36,21 @@ def predictor(tiny_llama) -> Predictor:
     return Predictor.from_pretrained(tiny_llama)
 
 
-def make_app(predictor, *, grounding: bool = False, **settings):
+def local(app) -> TestClient:
+    """A test client that calls as a browser on this machine would (the server accepts loopback Host names only)."""
+    return TestClient(app, base_url="http://localhost")
+
+
+def make_app(predictor, *, grounding: bool = False, safety: bool = False, **settings):
+    """The tiny model as "tiny"; without safety by default, so that the wire-format tests see the engine's text alone."""
     config = config_from_dict({"models": {"tiny": {"model": "unused: predictor given", "grounding": grounding,
-                                                   "generation": {"max_new_tokens": 12}}}} | settings)
+                                                   "safety": safety, "generation": {"max_new_tokens": 12}}}} | settings)
     return create_app(config, predictors={"tiny": predictor})
 
 
 @pytest.fixture
 def client(predictor):
-    with TestClient(make_app(predictor)) as c:
+    with local(make_app(predictor)) as c:
         yield c
 
 
@@ -95,17 +104,18 @@ def test_batched_greedy_equals_unbatched(predictor):
 
 def test_concurrent_requests_share_one_generate_call(predictor, monkeypatch):
     calls = []
-    generate_chat = predictor.generate_chat
+    generate = predictor.generate
 
-    def counting(conversations, **kwargs):
-        calls.append((len(conversations), kwargs["do_sample"]))
-        return generate_chat(conversations, **kwargs)
+    def counting(prompts, **kwargs):
+        calls.append((len(prompts), kwargs["do_sample"]))
+        return generate(prompts, **kwargs)
 
-    monkeypatch.setattr(predictor, "generate_chat", counting)
+    monkeypatch.setattr(predictor, "generate", counting)
 
-    async def run(temperatures):
+    async def run(temperatures, top_ps=None):
         engine = Engine(predictor, batch_wait_ms=50)
-        done = await asyncio.gather(*[engine.complete(user(f"What causes gout {i} ?"), max_tokens=4, temperature=t)
+        done = await asyncio.gather(*[engine.complete(user(f"What causes gout {i} ?"), max_tokens=4, temperature=t,
+                                                      top_p=(top_ps or [None] * len(temperatures))[i])
                                       for i, t in enumerate(temperatures)])
         await engine.close()
         return done
@@ -113,8 +123,77 @@ def test_concurrent_requests_share_one_generate_call(predictor, monkeypatch):
     assert len(asyncio.run(run([None] * 6))) == 6
     assert calls == [(6, False)]
     calls.clear()
-    asyncio.run(run([None, 0.0, None, 0.7, 0.7]))  # different sampling settings: different batches
-    assert sorted(calls) == [(2, True), (3, False)]
+    # Different sampling settings share the batch too: each row samples with its own temperature and top-p.
+    done = asyncio.run(run([None, 0.0, None, 0.7, 1.3], [None, None, None, 0.9, 0.5]))
+    assert calls == [(5, True)]
+    assert all(c.completion_tokens == 4 or c.finish_reason == "stop" for c in done)
+
+
+def test_greedy_rows_of_a_sampling_batch_stay_greedy(predictor):
+    questions = ["What causes gout ?", "What is (are) scurvy ?"]
+
+    async def run():
+        engine = Engine(predictor, batch_wait_ms=50)
+        done = await asyncio.gather(engine.complete(user(questions[0]), max_tokens=8, temperature=0),
+                                    engine.complete(user(questions[1]), max_tokens=8, temperature=1.5, top_p=0.9),
+                                    engine.complete(user(questions[1]), max_tokens=8, temperature=0))
+        await engine.close()
+        return done
+
+    greedy = [predictor.generate_chat([user(q)], max_new_tokens=8, num_beams=1, do_sample=False)[0] for q in questions]
+    for _ in range(3):  # sampling is random: whatever it draws, greedy rows are unchanged
+        first, _, third = asyncio.run(run())
+        assert (first.text, third.text) == (greedy[0], greedy[1])
+
+
+def test_row_sampling_keeps_each_rows_top_p_and_temperature():
+    import torch
+    from medtune.serve.engine import RowSampling, Sampling
+
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 3))
+    out = RowSampling([Sampling(False), Sampling(True, 1.0, 0.7), Sampling(True, 1.0, 1.0)], top_k=3)(None, scores)
+    kept = torch.isfinite(out)
+    assert kept.tolist() == [[True, False, False, False], [True, True, False, False], [True, True, True, False]]
+    hot = RowSampling([Sampling(True, 2.0, 1.0)], top_k=0)(None, scores[:1])
+    assert torch.allclose(hot, scores[:1] / 2)
+
+
+def test_full_queue_is_refused_with_a_retry_time(predictor, monkeypatch):
+    release = threading.Event()
+    engine = Engine(predictor, max_batch_size=1, batch_wait_ms=0, max_queue=1)
+    run_batch = engine._run_batch
+    monkeypatch.setattr(engine, "_run_batch", lambda jobs, loop: release.wait(30) and run_batch(jobs, loop))
+
+    async def run():
+        first = await engine.submit(user("What causes gout ?"), max_tokens=2)
+        while not engine._running:  # the first is generating (held); the next one waits in the queue
+            await asyncio.sleep(0.01)
+        second = await engine.submit(user("What causes gout ?"), max_tokens=2)
+        with pytest.raises(EngineBusy) as busy:
+            await engine.submit(user("What causes gout ?"), max_tokens=2)
+        release.set()
+        done = [await first.result(), await second.result()]
+        await engine.close()
+        return busy.value, done
+
+    busy, done = asyncio.run(run())
+    assert busy.retry_after >= 1 and [d.completion_tokens for d in done] == [2, 2]
+
+
+def test_context_is_the_models(predictor):
+    engine = Engine(predictor)
+    assert engine.context == 512 == predictor.model.config.max_position_embeddings
+    long = "gout " * 600
+
+    async def run(messages, max_tokens):
+        return await engine.complete(messages, max_tokens=max_tokens)
+
+    with pytest.raises(ContextTooLong, match="context is 512 tokens"):
+        asyncio.run(run(user(long), 4))
+    n = len(predictor.tokenizer("What causes gout ?")["input_ids"])
+    with pytest.raises(ContextTooLong, match=f"{n} in the messages, {513 - n} for the answer"):
+        asyncio.run(run(user("What causes gout ?"), 513 - n))
+    assert asyncio.run(run(user("What causes gout ?"), 4)).completion_tokens == 4
 
 
 def test_engine_timeout_cancels_and_keeps_serving(predictor):
@@ -170,7 +249,7 @@ def test_models_health_and_page(client):
     assert client.get("/v1/models").json()["data"][0] | {"created": 0} == {"id": "tiny", "object": "model", "created": 0,
                                                                           "owned_by": "medtune"}
     assert client.get("/v1/models/tiny").json()["id"] == "tiny"
-    assert client.get("/health").json() == {"status": "ok", "models": ["tiny"]}
+    assert client.get("/health").json() == {"status": "ok"}  # model names can be paths: only behind the key
     page = client.get("/")
     assert page.status_code == 200 and "<textarea" in page.text
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page.text)  # offline: nothing loaded from elsewhere
@@ -213,7 +292,7 @@ def assert_error(r, status: int, code: str | None = None, param: str | None = No
     (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "invalid_json", None),  # RecursionError was a 500
 ])
 def test_bad_requests_are_400(client, body, code, param):
-    assert_error(client.post("/v1/chat/completions", content=body), 400, code, param)
+    assert_error(client.post("/v1/chat/completions", content=body, headers=JSON), 400, code, param)
 
 
 def test_a_vanishing_temperature_is_greedy(client):
@@ -225,20 +304,21 @@ def test_a_vanishing_temperature_is_greedy(client):
 
 
 def test_max_tokens_above_limit_is_400(predictor):
-    with TestClient(make_app(predictor, limits={"max_tokens": 16})) as c:
+    with local(make_app(predictor, limits={"max_tokens": 16})) as c:
         assert_error(chat(c, max_tokens=17), 400, "invalid_value", "max_tokens")
         assert chat(c, max_tokens=16).status_code == 200
 
 
 def test_body_over_limit_is_413(predictor):
-    with TestClient(make_app(predictor, limits={"max_request_bytes": 200})) as c:
+    with local(make_app(predictor, limits={"max_request_bytes": 200})) as c:
         assert_error(chat(c, messages=user("x" * 300)), 413, "request_too_large")
-        chunked = c.post("/v1/chat/completions", content=iter([b'{"messages": [', b" " * 300, b"]}"]))  # no Content-Length
+        chunked = c.post("/v1/chat/completions", content=iter([b'{"messages": [', b" " * 300, b"]}"]),
+                         headers=JSON)  # no Content-Length
         assert_error(chunked, 413, "request_too_large")
 
 
 def test_timeout_is_504_and_server_keeps_serving(predictor):
-    with TestClient(make_app(predictor, limits={"timeout_s": 0.005}, batching={"batch_wait_ms": 30})) as c:
+    with local(make_app(predictor, limits={"timeout_s": 0.005}, batching={"batch_wait_ms": 30})) as c:
         error = assert_error(chat(c), 504, "timeout")
         assert error["type"] == "timeout_error"
         assert_error(chat(c, stream=True), 504, "timeout")
@@ -257,7 +337,7 @@ def test_retrieve_without_index_is_400(client):
 
 
 def test_api_key(predictor, monkeypatch):
-    with TestClient(make_app(predictor, api_key="s3cret")) as c:
+    with local(make_app(predictor, api_key="s3cret")) as c:
         assert_error(chat(c), 401, "invalid_api_key")
         assert_error(chat(c, stream=True), 401, "invalid_api_key")
         assert_error(c.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
@@ -265,7 +345,7 @@ def test_api_key(predictor, monkeypatch):
         assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/health").status_code == 200 and c.get("/").status_code == 200  # the page asks for the key
     monkeypatch.setenv("MEDTUNE_API_KEY", "from-env")
-    with TestClient(make_app(predictor)) as c:
+    with local(make_app(predictor)) as c:
         assert_error(c.post("/v1/retrieve", json={"query": "gout"}), 401, "invalid_api_key")
         assert c.get("/v1/models", headers={"Authorization": "Bearer from-env"}).status_code == 200
 
@@ -396,7 +476,7 @@ def index_dir(tmp_path_factory):
 def grounded(predictor, index_dir):
     config = config_from_dict({"models": {"med": {"model": "unused", "index": index_dir, "k": 2,
                                                   "generation": {"max_new_tokens": 12}}}})
-    with TestClient(create_app(config, predictors={"med": predictor})) as c:
+    with local(create_app(config, predictors={"med": predictor})) as c:
         yield c
 
 
@@ -437,7 +517,7 @@ def test_emergency_advice_streams_first(grounded):
 
 
 def test_refusal_and_no_sources_need_no_generation(grounded, predictor, monkeypatch):
-    monkeypatch.setattr(predictor, "generate_chat", lambda *a, **k: pytest.fail("generated although the answer was final"))
+    monkeypatch.setattr(predictor, "generate", lambda *a, **k: pytest.fail("generated although the answer was final"))
     refused = ask(grounded, "Should I double my insulin dose?").json()
     assert refused["medtune"]["reason"] == "refused" and refused["choices"][0]["finish_reason"] == "stop"
     assert refused["usage"]["completion_tokens"] == 0
@@ -449,8 +529,8 @@ def test_refusal_and_no_sources_need_no_generation(grounded, predictor, monkeypa
 
 def test_grounded_follow_up_keeps_the_conversation(grounded, predictor, monkeypatch):
     seen = []
-    generate_chat = predictor.generate_chat
-    monkeypatch.setattr(predictor, "generate_chat", lambda convs, **k: seen.extend(convs) or generate_chat(convs, **k))
+    chat_prompts = predictor.chat_prompts
+    monkeypatch.setattr(predictor, "chat_prompts", lambda convs: seen.extend(convs) or chat_prompts(convs))
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What causes gout?"},
                 {"role": "assistant", "content": "Uric acid crystals [1]."}, {"role": "user", "content": "What are the symptoms of asthma?"}]
     r = grounded.post("/v1/chat/completions", json={"model": "med", "messages": messages, "max_tokens": 4})
@@ -471,6 +551,173 @@ def test_retrieve_ranks_passages(grounded):
 
 def test_grounding_without_index_says_so(predictor):
     config = config_from_dict({"models": {"med": {"model": "unused", "generation": {"max_new_tokens": 4}}}})
-    with TestClient(create_app(config, predictors={"med": predictor})) as c:
+    with local(create_app(config, predictors={"med": predictor})) as c:
         med = ask(c, "What causes gout?").json()["medtune"]
     assert med["reason"] == "no_index" and not med["grounded"] and med["sources"] == []
+
+
+# ---- hostile input (issue 13) ----------------------------------------------------------------
+
+def raw_request(base: str, head: bytes, body: bytes = b"", *, wait: float = 15.0) -> bytes:
+    """Send bytes as they are (no client library to fix them up) and return what the server answers."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait) as s:
+        s.sendall(head + body)
+        return s.recv(65536)
+
+
+def test_over_length_prompt_is_400_and_its_neighbour_is_answered(predictor):
+    long = "gout " * 600  # > 512 positions: once, one such row failed its whole batch
+    with local(make_app(predictor, batching={"batch_wait_ms": 200})) as c:
+        results = {}
+        threads = [threading.Thread(target=lambda k=k, m=m: results.__setitem__(k, chat(c, messages=user(m), max_tokens=4)))
+                   for k, m in (("long", long), ("short", "What causes gout ?"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        error = assert_error(results["long"], 400, "context_length_exceeded", "messages")
+        assert "context is 512 tokens" in error["message"]
+        assert results["short"].status_code == 200 and results["short"].json()["usage"]["completion_tokens"] == 4
+        n = results["short"].json()["usage"]["prompt_tokens"]
+        assert_error(chat(c, max_tokens=513 - n), 400, "context_length_exceeded")
+        assert chat(c, max_tokens=512 - n).status_code == 200
+
+
+def test_message_count_and_size_are_capped(predictor):
+    with local(make_app(predictor, limits={"max_messages": 3, "max_message_chars": 50})) as c:
+        four = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}] * 2
+        assert_error(chat(c, messages=four[:3] + [{"role": "user", "content": "q"}]), 400, "invalid_value", "messages")
+        assert_error(chat(c, messages=user("x" * 51)), 400, "invalid_value", "messages.0.content")
+        assert chat(c, messages=user("What causes gout ?"), max_tokens=2).status_code == 200
+
+
+def test_empty_prompt_is_400(client):
+    # No chat template and an empty question: nothing to generate from (was a 500 with tensor shapes).
+    error = assert_error(chat(client, messages=user("")), 400, "invalid_value", "messages")
+    assert "tensor" not in error["message"]
+
+
+def test_a_failure_is_a_generic_500_with_a_log_id(predictor, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch in /home/secret/model: tensor a (3) vs b (4)")
+
+    monkeypatch.setattr(predictor, "generate", broken)
+    with local(make_app(predictor)) as c:
+        for stream in (False, True):
+            error = assert_error(chat(c, stream=stream), 500, None)
+            assert "secret" not in error["message"] and error["type"] == "server_error"
+            log_id = re.search(r"log id ([0-9a-f]{12})", error["message"]).group(1)
+            assert any(log_id in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_queue_full_is_429_with_retry_after(predictor, monkeypatch):
+    release = threading.Event()
+    run_batch = Engine._run_batch
+    monkeypatch.setattr(Engine, "_run_batch", lambda self, jobs, loop: release.wait(30) and run_batch(self, jobs, loop))
+    with local(make_app(predictor, batching={"max_batch_size": 1, "batch_wait_ms": 0, "max_queue": 1})) as c:
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(chat(c, max_tokens=2))) for _ in range(5)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(results) < 3 and time.monotonic() < deadline:  # one generating, one queued: three refused
+            time.sleep(0.02)
+        release.set()
+        for t in threads:
+            t.join()
+    busy = [r for r in results if r.status_code == 429]
+    assert len(busy) == 3 and sum(r.status_code == 200 for r in results) == 2
+    assert_error(busy[0], 429, "server_busy")
+    assert int(busy[0].headers["retry-after"]) >= 1
+
+
+def test_a_client_that_disconnects_stops_its_generation(predictor, monkeypatch):
+    jobs = []
+    run_batch = Engine._run_batch
+    monkeypatch.setattr(Engine, "_run_batch", lambda self, batch, loop: jobs.extend(batch) or run_batch(self, batch, loop))
+    forward = predictor.model.forward
+    monkeypatch.setattr(predictor.model, "forward", lambda *a, **k: time.sleep(0.01) or forward(*a, **k))  # ≥ 5 s
+    base, stop = start_server(make_app(predictor))
+    try:
+        body = json.dumps({"model": "tiny", "messages": user("What causes gout ?"), "max_tokens": 500}).encode()
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as s:  # not streaming: nothing is sent before the end
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            deadline = time.monotonic() + 30
+            while not jobs and time.monotonic() < deadline:
+                time.sleep(0.01)
+        while not jobs[0].cancelled and jobs[0].completion is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert jobs[0].cancelled and jobs[0].completion is None
+    finally:
+        stop()
+
+
+def test_a_trickled_body_times_out_with_408(predictor):
+    base, stop = start_server(make_app(predictor, limits={"body_timeout_s": 0.5}))
+    try:
+        answer = raw_request(base, b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                                   b"Content-Type: application/json\r\nContent-Length: 80\r\n\r\n", b'{"mess')
+        assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
+    finally:
+        stop()
+
+
+def test_only_json_bodies_and_local_host_names(predictor):
+    with local(make_app(predictor)) as c:
+        body = json.dumps({"messages": user("What causes gout ?"), "max_tokens": 2})
+        for media_type in ("text/plain", "application/x-www-form-urlencoded", None):  # what a cross-site form can send
+            headers = {"Content-Type": media_type} if media_type else {}
+            assert_error(c.post("/v1/chat/completions", content=body, headers=headers), 415, "unsupported_media_type")
+        assert c.post("/v1/chat/completions", content=body,
+                      headers={"Content-Type": "application/json; charset=utf-8"}).status_code == 200
+        # DNS rebinding: a page of evil.example whose name now points at 127.0.0.1 sends its own Host.
+        assert c.get("/health", headers={"Host": "evil.example"}).status_code == 400
+        assert c.get("/health", headers={"Host": "127.0.0.1:8000"}).status_code == 200
+    with TestClient(make_app(predictor, host="0.0.0.0", api_key="k")) as c:
+        assert c.get("/health", headers={"Host": "medtune.example.org"}).status_code == 200
+
+
+def test_keys_off_loopback_and_from_a_file(predictor, tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("MEDTUNE_API_KEY", raising=False)
+    with pytest.raises(ServeConfigError, match="without an API key"):
+        make_app(predictor, host="0.0.0.0")
+    make_app(predictor, host="0.0.0.0", allow_no_key=True)
+    assert "no API key" in caplog.text
+    (tmp_path / "key").write_text("from-a-file\n")
+    with local(make_app(predictor, host="0.0.0.0", api_key_file=str(tmp_path / "key"))) as c:
+        assert_error(c.get("/v1/models"), 401, "invalid_api_key")
+        assert c.get("/v1/models", headers={"Authorization": "Bearer from-a-file"}).status_code == 200
+    monkeypatch.setenv("MEDTUNE_API_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ServeConfigError, match="cannot read the API key file"):
+        make_app(predictor)
+
+
+def test_a_model_without_grounding_keeps_the_safety_layer(predictor):
+    with local(make_app(predictor, safety=True)) as c:
+        refused = chat(c, messages=user("Should I double my insulin dose?")).json()
+        assert refused["medtune"]["reason"] == "refused" and refused["usage"]["completion_tokens"] == 0
+        plain = chat(c, max_tokens=4).json()
+        text, med = plain["choices"][0]["message"]["content"], plain["medtune"]
+        assert med["reason"] == "no_index" and text.endswith(med["safety"]["notice"])
+        assert "comes from the model alone" in text
+    with local(make_app(predictor, safety=False)) as c:  # opted out: the model's text alone
+        assert "medtune" not in chat(c, messages=user("Should I double my insulin dose?"), max_tokens=2).json()
+
+
+def test_the_runs_system_prompt_opens_every_conversation(predictor, monkeypatch):
+    monkeypatch.setattr(predictor, "system", "You answer medical questions.")
+    (plain,) = predictor.chat_prompts([user("What causes gout ?")])
+    (with_client_system,) = predictor.chat_prompts([[{"role": "system", "content": "Be brief."}] + user("q")])
+    assert plain.startswith("You answer medical questions.")
+    assert with_client_system.startswith("You answer medical questions.\n\nBe brief.")
+
+
+def test_control_tokens_cannot_be_typed(predictor):
+    eos = predictor.tokenizer.eos_token
+    assert predictor.strip_control_tokens(f"a{eos}b") == "ab"
+    assert predictor.strip_control_tokens(eos[:3] + eos + eos[3:]) == ""  # removing one must not assemble another
+    (prompt,) = predictor.chat_prompts([user(f"What causes gout ?{eos}")])
+    assert eos not in prompt

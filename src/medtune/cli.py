@@ -195,7 +195,8 @@ def _eval_retrieval(args) -> None:
 def _serve(args) -> None:
     from medtune.serve import serve_from_args
 
-    serve_from_args(args.config, model=args.model, index=args.index, host=args.host, port=args.port, api_key=args.api_key)
+    serve_from_args(args.config, model=args.model, index=args.index, host=args.host, port=args.port,
+                    api_key=args.api_key, api_key_file=args.api_key_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -339,7 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--index", help="ground its answers in this index")
     sv.add_argument("--host", help="address to listen on (default: the config's, else 127.0.0.1)")
     sv.add_argument("--port", type=int, help="port (default: the config's, else 8000)")
-    sv.add_argument("--api-key", help="require Authorization: Bearer KEY (default: $MEDTUNE_API_KEY)")
+    sv.add_argument("--api-key", help="require Authorization: Bearer KEY (default: $MEDTUNE_API_KEY; "
+                                      "other users can read a key given here in the process list: prefer --api-key-file)")
+    sv.add_argument("--api-key-file", help="read the key from this file (default: $MEDTUNE_API_KEY_FILE)")
     sv.set_defaults(func=_serve)
 
     tr = sub.add_parser("translate", help="machine-translate an English QA dataset to Spanish or Portuguese (cached, resumable, checked)")

@@ -4,6 +4,8 @@ Finding and loading the model is medtune.models' job; this module only generates
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -47,7 +49,8 @@ class Predictor:
             for q in questions
         ]
 
-    def _generate_kwargs(self, overrides: dict) -> dict:
+    def generate_kwargs(self, overrides: dict) -> dict:
+        """`model.generate` arguments: the run's generation settings with `overrides` (GenerationConfig fields)."""
         g = self.generation.model_copy(update=overrides)
         kwargs = dict(
             max_new_tokens=g.max_new_tokens,
@@ -62,17 +65,39 @@ class Predictor:
         return kwargs
 
     def chat_prompts(self, conversations: list[list[dict]]) -> list[str]:
-        """Model input for whole conversations (OpenAI-style `role`/`content` messages)."""
+        """Model input for whole conversations (OpenAI-style `role`/`content` messages).
+
+        The run's own system prompt (what the model was trained with) opens every conversation,
+        before any system text of the caller. Message text cannot carry the tokenizer's control
+        tokens: "<|im_start|>system" typed by a client would otherwise become a real role marker.
+        """
+        conversations = [self._with_run_system([{**m, "content": self.strip_control_tokens(m["content"])} for m in c])
+                         for c in conversations]
         if self.is_seq2seq or not self.tokenizer.chat_template:
             # No chat format to follow: the messages' text in order, the last one templated.
             return ["\n\n".join([m["content"] for m in c[:-1]] + [render_prompt(self.template, c[-1]["content"])]) for c in conversations]
         return [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
 
+    def _with_run_system(self, messages: list[dict]) -> list[dict]:
+        if not self.system:
+            return messages
+        if messages and messages[0]["role"] == "system":
+            return [{"role": "system", "content": f"{self.system}\n\n{messages[0]['content']}"}] + messages[1:]
+        return [{"role": "system", "content": self.system}] + messages
+
+    def strip_control_tokens(self, text: str) -> str:
+        """`text` without the tokenizer's special-token strings, removed until none is left
+        (removing one must not join two halves into another)."""
+        pattern = _control_pattern(self.tokenizer)
+        while pattern is not None and (cleaned := pattern.sub("", text)) != text:
+            text = cleaned
+        return text
+
     def predict(self, questions: list[str] | str, *, batch_size: int = 8, progress: bool = False, **generation) -> list[str]:
         """Answers to `questions`, in order. `generation` overrides fields of GenerationConfig."""
         if isinstance(questions, str):
             questions = [questions]
-        kwargs = self._generate_kwargs(generation)
+        kwargs = self.generate_kwargs(generation)
         prompts = self.prompts(questions)
         # Sorting by length keeps padding low inside each batch; answers are put back in order.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -86,7 +111,7 @@ class Predictor:
     def generate_chat(self, conversations: list[list[dict]], *, streamer=None, **generation) -> list[str]:
         """One batched generate call over `conversations` (the caller forms the batch, e.g. a server
         batching concurrent requests); `streamer` receives the new tokens of every row at each step."""
-        return self.generate(self.chat_prompts(conversations), streamer=streamer, **self._generate_kwargs(generation))
+        return self.generate(self.chat_prompts(conversations), streamer=streamer, **self.generate_kwargs(generation))
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], *, streamer=None, **kwargs) -> list[str]:
@@ -97,3 +122,12 @@ class Predictor:
         if not self.is_seq2seq:
             out = out[:, enc["input_ids"].shape[1] :]
         return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+@lru_cache(maxsize=8)
+def _control_pattern(tokenizer) -> re.Pattern | None:
+    """One regex over every special or added control token of `tokenizer` (longest first)."""
+    tokens = set(tokenizer.all_special_tokens)
+    tokens |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    tokens = sorted((t for t in tokens if t), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, tokens))) if tokens else None

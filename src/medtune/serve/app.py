@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
+import uuid
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import AsyncIterator
@@ -13,11 +14,12 @@ from typing import AsyncIterator
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from medtune.predict import Predictor
 from medtune import DEFAULT_MODEL
-from medtune.serve.config import ServeConfig, config_from_dict, load_config
-from medtune.serve.engine import EngineTimeout, RequestRejected
+from medtune.serve.config import ServeConfig, ServeConfigError, config_from_dict, load_config
+from medtune.serve.engine import ContextTooLong, EngineBusy, EngineTimeout, GenerationFailed, RequestRejected
 from medtune.serve.protocol import APIError, ChatRequest, Reply, RetrieveRequest, parse_body, sse, usage
 from medtune.serve.runtime import Delta, Outcome, ServedModel, load_models
 
@@ -26,8 +28,15 @@ log = logging.getLogger("medtune.serve")
 
 def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = None) -> FastAPI:
     """The app over `config`'s models (loaded now); `predictors` by served name skips loading (tests)."""
-    models = load_models(config, predictors)
     api_key = config.resolved_api_key()
+    if api_key is None and not config.on_loopback and not config.allow_no_key:
+        raise ServeConfigError(
+            f"refusing to serve on {config.host} without an API key: anyone who can reach it could use it. "
+            "Set MEDTUNE_API_KEY or MEDTUNE_API_KEY_FILE (or api_key_file in the config), "
+            "or allow_no_key: true if another layer authenticates")
+    if api_key is None:
+        log.warning("no API key: anyone who can reach %s:%s can use this server", config.host, config.port)
+    models = load_models(config, predictors)
     limits = config.limits
     started = int(time.time())
     page = (files("medtune.serve") / "static" / "index.html").read_text(encoding="utf-8")
@@ -40,10 +49,11 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
 
     # No /docs: Swagger UI loads its scripts from a CDN, and this server runs offline.
     app = FastAPI(title="medtune", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.hosts())
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -51,7 +61,8 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
 
     @app.exception_handler(Exception)
     async def _server_error(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(APIError(500, f"internal error: {exc}", type="server_error").body(), status_code=500)
+        error = internal_error(exc)
+        return JSONResponse(error.body(), status_code=error.status)
 
     def authorize(request: Request) -> None:
         if api_key is None:
@@ -62,18 +73,37 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
                            code="invalid_api_key")
 
     async def read_body(request: Request) -> bytes:
-        """The body, refused with 413 as soon as it passes the limit (declared or not)."""
+        """The JSON body, refused with 413 as soon as it passes the limit (declared or not), and with
+        408 when it takes longer than body_timeout_s to arrive (a client trickling bytes holds a connection)."""
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != "application/json":  # a cross-site form post cannot send this type without CORS
+            raise APIError(415, "send the body as JSON with the header Content-Type: application/json",
+                           code="unsupported_media_type")
         too_large = APIError(413, f"the request body is larger than {limits.max_request_bytes} bytes",
                              code="request_too_large")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limits.max_request_bytes:
             raise too_large
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limits.max_request_bytes:
-                raise too_large
+        try:
+            async with asyncio.timeout(limits.body_timeout_s):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limits.max_request_bytes:
+                        raise too_large
+        except TimeoutError:
+            raise APIError(408, f"the request body did not arrive within {limits.body_timeout_s:g} s",
+                           code="request_timeout") from None
         return bytes(body)
+
+    def check_size(req: ChatRequest) -> None:
+        if len(req.messages) > limits.max_messages:
+            raise APIError(400, f"messages: at most {limits.max_messages} messages (got {len(req.messages)})",
+                           param="messages", code="invalid_value")
+        for i, m in enumerate(req.messages):
+            if len(m.content) > limits.max_message_chars:
+                raise APIError(400, f"messages.{i}.content: at most {limits.max_message_chars} characters "
+                               f"(got {len(m.content)})", param=f"messages.{i}.content", code="invalid_value")
 
     def pick(name: str | None) -> ServedModel:
         model = models.get(name or config.default_model)
@@ -87,10 +117,16 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
             return exc
         if isinstance(exc, EngineTimeout):
             return APIError(504, f"no complete answer within {limits.timeout_s:g} s", type="timeout_error", code="timeout")
+        if isinstance(exc, ContextTooLong):
+            return APIError(400, str(exc), param="messages", code="context_length_exceeded")
         if isinstance(exc, RequestRejected):
             return APIError(400, str(exc), param="messages", code="invalid_value")
-        log.error("generation failed", exc_info=exc)
-        return APIError(500, f"generation failed: {exc}", type="server_error")
+        if isinstance(exc, EngineBusy):
+            return APIError(429, str(exc), type="rate_limit_error", code="server_busy",
+                            headers={"Retry-After": str(exc.retry_after)})
+        if isinstance(exc, GenerationFailed):  # already logged under its id
+            return APIError(500, str(exc), type="server_error")
+        return internal_error(exc)
 
     authorized = [Depends(authorize)]
 
@@ -100,7 +136,7 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "models": list(models)}
+        return {"status": "ok"}  # model names can be paths: they are behind the key, at /v1/models
 
     @app.get("/v1/models", dependencies=authorized)
     async def list_models() -> dict:
@@ -124,6 +160,7 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
     @app.post("/v1/chat/completions", dependencies=authorized)
     async def chat_completions(request: Request):
         req = parse_body(await read_body(request), ChatRequest)
+        check_size(req)
         model = pick(req.model)
         max_tokens = req.max_completion_tokens or req.max_tokens or min(model.config.generation.max_new_tokens, limits.max_tokens)
         if max_tokens > limits.max_tokens:
@@ -141,18 +178,44 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
         if req.stream:
             return StreamingResponse(_stream(reply, first, events, include_usage, api_error), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        parts, item = [], first
+        collecting = asyncio.ensure_future(_collect(first, events))
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            while not isinstance(item, Outcome):
-                parts.append(item.text)
-                item = await anext(events)
+            await asyncio.wait({collecting, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not collecting.done():  # the client went away: stop its row instead of finishing an unread answer
+                collecting.cancel()
+                return JSONResponse(APIError(499, "the client closed the request").body(), status_code=499)
+            text, item = collecting.result()
         except Exception as exc:
             raise api_error(exc) from None
         finally:
+            gone.cancel()
+            await asyncio.gather(collecting, return_exceptions=True)
             await events.aclose()
-        return reply.completion("".join(parts), item.finish_reason, usage(item.prompt_tokens, item.completion_tokens), item.medtune)
+        return reply.completion(text, item.finish_reason, usage(item.prompt_tokens, item.completion_tokens), item.medtune)
 
     return app
+
+
+def internal_error(exc: BaseException) -> APIError:
+    """A generic 500: the cause goes to the log under an id the client can quote, never to the client."""
+    log_id = uuid.uuid4().hex[:12]
+    log.error("internal error (log id %s)", log_id, exc_info=exc)
+    return APIError(500, f"internal error (log id {log_id})", type="server_error")
+
+
+async def _collect(first, events: AsyncIterator) -> tuple[str, Outcome]:
+    parts, item = [], first
+    while not isinstance(item, Outcome):
+        parts.append(item.text)
+        item = await anext(events)
+    return "".join(parts), item
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body is already read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _stream(reply: Reply, first, events: AsyncIterator, include_usage: bool, api_error) -> AsyncIterator[str]:
@@ -191,8 +254,9 @@ def serve(config: ServeConfig, predictors: dict[str, Predictor] | None = None) -
 
 
 def serve_from_args(config_path: str | None, *, model: str | None = None, index: str | None = None,
-                    host: str | None = None, port: int | None = None, api_key: str | None = None) -> None:
-    """`medtune serve [CONFIG] --model REF --index DIR --host --port --api-key`.
+                    host: str | None = None, port: int | None = None, api_key: str | None = None,
+                    api_key_file: str | None = None) -> None:
+    """`medtune serve [CONFIG] --model REF --index DIR --host --port --api-key --api-key-file`.
 
     Without CONFIG, --model (default: the offline default model) is served alone under its own
     reference as name; with one, --model and --index replace the default model's. Flags left as
@@ -202,5 +266,6 @@ def serve_from_args(config_path: str | None, *, model: str | None = None, index:
     default = data.get("default_model") or next(iter(data["models"]))
     overrides = {"model": model, "index": index}
     data["models"][default].update({k: v for k, v in overrides.items() if v is not None})
-    data.update({k: v for k, v in {"host": host, "port": port, "api_key": api_key}.items() if v is not None})
+    flags = {"host": host, "port": port, "api_key": api_key, "api_key_file": api_key_file}
+    data.update({k: v for k, v in flags.items() if v is not None})
     serve(config_from_dict(data, origin=config_path or "medtune serve"))

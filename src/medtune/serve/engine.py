@@ -1,39 +1,43 @@
 """Batching generation engine: concurrent requests share one `generate` call.
 
-Requests that arrive within `batch_wait_ms` of each other (up to `max_batch_size`) and ask for
-the same sampling settings are generated together by one `Predictor.generate_chat` call in a
-worker thread, so the asyncio loop keeps serving while the model runs. A streamer decodes every
-row as it grows and hands each request its new text through that request's queue.
+A request is formatted and measured first (`Engine.submit`): a conversation the chat template
+refuses, an empty prompt, or one that with its `max_tokens` does not fit the model's context is
+refused before it queues, and so is a request that finds the queue full. Requests that arrive
+within `batch_wait_ms` of each other (up to `max_batch_size`) are generated together by one
+`generate` call in a worker thread, whatever their sampling settings: each row samples with its
+own temperature and top-p (`RowSampling`). A streamer decodes every row as it grows and hands
+each request its new text through that request's queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import AsyncIterator, Literal
 
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 from medtune.predict import Predictor
 from medtune.recipe import GenerationConfig
+
+log = logging.getLogger("medtune.serve")
 
 SAMPLING_EPS = 1e-5  # as vLLM: below this a temperature is greedy decoding
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """The settings rows of one batch must share (max_tokens may differ per row)."""
+    """One request's decoding: greedy, or sampling with its own temperature and top-p."""
 
     do_sample: bool
-    temperature: float
-    top_p: float
-    repetition_penalty: float
-    no_repeat_ngram_size: int
-
-    def generate_kwargs(self) -> dict:
-        return dict(do_sample=self.do_sample, temperature=self.temperature, top_p=self.top_p, num_beams=1,
-                    repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size)
+    temperature: float = 1.0
+    top_p: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -45,22 +49,46 @@ class Completion:
 
 
 class RequestRejected(ValueError):
-    """This request cannot be generated (e.g. its chat template refuses the conversation)."""
+    """This request cannot be generated (its chat template refuses the conversation, an empty prompt)."""
+
+
+class ContextTooLong(RequestRejected):
+    """Prompt tokens + max_tokens exceed the model's context."""
+
+
+class EngineBusy(RuntimeError):
+    """The queue is full; `retry_after` is a guess, in whole seconds, of when there will be room."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(f"the server is busy; retry after {retry_after} s")
+        self.retry_after = retry_after
 
 
 class EngineTimeout(TimeoutError):
     """The request did not finish within its timeout (queueing included)."""
 
 
+def context_window(predictor: Predictor) -> int | None:
+    """The most tokens the model can attend to, from its config (position tables, sliding limits);
+    None when the model has no such limit (T5's relative positions)."""
+    config = predictor.model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for field in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(value := getattr(config, field, None), int) and value > 0:
+            return value
+    limit = predictor.tokenizer.model_max_length  # 1e30 when the tokenizer was saved without one
+    return limit if limit < 10**7 else None
+
+
 class Job:
     """One request: iterate it for text deltas; `completion` is set once iteration ends."""
 
-    def __init__(self, messages: list[dict], sampling: Sampling, max_tokens: int, deadline: float | None):
-        self.messages = messages
+    def __init__(self, prompt: str, prompt_tokens: int, sampling: Sampling, max_tokens: int, deadline: float | None):
+        self.prompt = prompt
+        self.prompt_tokens = prompt_tokens
         self.sampling = sampling
         self.max_tokens = max_tokens
         self.deadline = deadline
-        self.prompt_tokens = 0
         self.completion: Completion | None = None
         self.cancelled = False  # read by the worker thread: a cancelled row stops taking tokens
         self._events: asyncio.Queue[str | Completion | BaseException] = asyncio.Queue()
@@ -97,41 +125,80 @@ class Job:
 
 
 class Engine:
+    """`max_queue`: requests waiting beyond the running batch; more are refused with EngineBusy.
+    `context`: the model's context in tokens (default: from its config; None: unchecked)."""
+
     def __init__(self, predictor: Predictor, generation: GenerationConfig | None = None, *,
-                 max_batch_size: int = 16, batch_wait_ms: float = 15.0):
+                 max_batch_size: int = 16, batch_wait_ms: float = 15.0, max_queue: int = 64,
+                 context: int | None | Literal["model"] = "model"):
         self.predictor = predictor
         self.generation = generation or predictor.generation
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
+        self.max_queue = max_queue
+        self.context = context_window(predictor) if context == "model" else context
         self.eos_ids = _eos_ids(predictor)
+        self.top_k = getattr(predictor.model.generation_config, "top_k", None) or 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="medtune-generate")  # one generate at a time
         self._pending: asyncio.Queue[Job] | None = None
         self._scheduler: asyncio.Task | None = None
         self._running: list[Job] = []
+        self._batch_seconds = 1.0  # running mean of a batch's duration, for Retry-After
 
     def sampling(self, temperature: float | None = None, top_p: float | None = None) -> Sampling:
         """A request's settings over the model's defaults; a temperature under SAMPLING_EPS means greedy
         (dividing logits by 1e-40 makes them infinite, and the sampler fails on the NaNs)."""
         g = self.generation
         do_sample = g.do_sample if temperature is None else temperature >= SAMPLING_EPS
-        if not do_sample:  # greedy ignores temperature and top_p: all greedy requests can share a batch
-            return Sampling(False, 1.0, 1.0, g.repetition_penalty, g.no_repeat_ngram_size)
-        return Sampling(True, temperature or g.temperature, top_p if top_p is not None else g.top_p,
-                        g.repetition_penalty, g.no_repeat_ngram_size)
+        if not do_sample:
+            return Sampling(False)
+        return Sampling(True, temperature or g.temperature, top_p if top_p is not None else g.top_p)
 
-    def submit(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
-               top_p: float | None = None, timeout: float | None = None) -> Job:
+    async def submit(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
+                     top_p: float | None = None, timeout: float | None = None) -> Job:
+        """Format and measure the conversation, then queue it. Raises RequestRejected, ContextTooLong
+        or EngineBusy before anything is queued, so that the caller can still answer with a 4xx."""
         loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        max_tokens = max_tokens or self.generation.max_new_tokens
+        self._refuse_when_full()
+        prompt, n = await asyncio.to_thread(self._measure, messages, max_tokens)
+        self._refuse_when_full()  # the queue may have filled while this prompt was tokenized
         if self._scheduler is None or self._scheduler.done() or self._scheduler.get_loop() is not loop:
             self._pending = asyncio.Queue()
             self._scheduler = loop.create_task(self._schedule())
-        job = Job(messages, self.sampling(temperature, top_p), max_tokens or self.generation.max_new_tokens,
-                  None if timeout is None else loop.time() + timeout)
+        job = Job(prompt, n, self.sampling(temperature, top_p), max_tokens, deadline)
         self._pending.put_nowait(job)
         return job
 
     async def complete(self, messages: list[dict], **kwargs) -> Completion:
-        return await self.submit(messages, **kwargs).result()
+        return await (await self.submit(messages, **kwargs)).result()
+
+    def _refuse_when_full(self) -> None:
+        waiting = self._pending.qsize() if self._pending is not None else 0
+        if waiting >= self.max_queue:
+            batches_ahead = 1 + waiting // self.max_batch_size  # the running one, then the queue's
+            raise EngineBusy(max(1, math.ceil(batches_ahead * self._batch_seconds)))
+
+    def _measure(self, messages: list[dict], max_tokens: int) -> tuple[str, int]:
+        """The prompt and its length in tokens; refused when it is empty or does not fit the context."""
+        try:
+            prompt = self.predictor.chat_prompts([messages])[0]
+        except Exception as exc:  # jinja's TemplateError: the template's own message says what it wants
+            if type(exc).__name__ != "TemplateError":
+                raise
+            raise RequestRejected(f"the model's chat template refuses this conversation: {exc}") from None
+        n = len(self.predictor.tokenizer(prompt, add_special_tokens=self.predictor.is_seq2seq)["input_ids"])
+        if n == 0:
+            raise RequestRejected("the conversation has no text to answer")
+        # A seq2seq model's context bounds its encoder input; a decoder-only model's holds prompt and answer.
+        needed = n if self.predictor.is_seq2seq else n + max_tokens
+        if self.context is not None and needed > self.context:
+            raise ContextTooLong(
+                f"this model's context is {self.context} tokens; the request needs {needed} "
+                f"({n} in the messages" + ("" if self.predictor.is_seq2seq else f", {max_tokens} for the answer") +
+                "): shorten the messages" + ("" if self.predictor.is_seq2seq else " or lower max_tokens"))
+        return prompt, n
 
     async def close(self) -> None:
         """Stop scheduling; rows still generating stop at their next token."""
@@ -153,45 +220,70 @@ class Engine:
                     batch.append(await asyncio.wait_for(self._pending.get(), max(0.0, window_ends - loop.time())))
                 except TimeoutError:
                     break
-            groups: dict[Sampling, list[Job]] = {}
-            for job in batch:
-                if not job.cancelled:
-                    groups.setdefault(job.sampling, []).append(job)
-            for jobs in groups.values():
-                self._running = jobs
-                try:
-                    await loop.run_in_executor(self._executor, self._run_batch, jobs, loop)
-                except Exception as exc:  # a bug, not a request's fault: fail this batch, keep scheduling
-                    for job in jobs:
-                        job._events.put_nowait(RuntimeError(f"generation failed: {exc}"))
+            self._running = [job for job in batch if not job.cancelled]
+            if not self._running:
+                continue
+            started = loop.time()
+            try:
+                await loop.run_in_executor(self._executor, self._run_batch, self._running, loop)
+            except Exception as exc:  # a bug, not a request's fault: fail this batch, keep scheduling
+                failed = GenerationFailed(exc)
+                for job in self._running:
+                    job._events.put_nowait(failed)
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (loop.time() - started)
             self._running = []
 
     def _run_batch(self, jobs: list[Job], loop: asyncio.AbstractEventLoop) -> None:
         """Worker thread: one generate call for `jobs`; every job gets its text, then a Completion or an error."""
         send = lambda job, item: loop.call_soon_threadsafe(job._events.put_nowait, item)  # noqa: E731
-        tokenizer = self.predictor.tokenizer
-        ready = []
-        for job in jobs:  # a conversation the chat template rejects fails alone, not its whole batch
-            try:
-                prompt = self.predictor.chat_prompts([job.messages])[0]
-            except Exception as exc:
-                send(job, RequestRejected(f"cannot format the conversation for this model: {exc}"))
-                continue
-            ids = tokenizer(prompt, add_special_tokens=self.predictor.is_seq2seq, truncation=True)["input_ids"]
-            job.prompt_tokens = len(ids)
-            ready.append(job)
-        if not ready:
-            return
-        streamer = BatchStreamer(tokenizer, ready, send, self.eos_ids)
+        streamer = BatchStreamer(self.predictor.tokenizer, jobs, send, self.eos_ids)
+        settings = {"max_new_tokens": max(j.max_tokens for j in jobs), "num_beams": 1, "do_sample": False}
+        extra = {}
+        if any(j.sampling.do_sample for j in jobs):
+            # Every row's own temperature, top-k and top-p in one processor; greedy rows keep only their best token.
+            settings |= {"do_sample": True, "temperature": 1.0, "top_p": 1.0}
+            extra = {"top_k": 0, "logits_processor": LogitsProcessorList([RowSampling([j.sampling for j in jobs], self.top_k)])}
         try:
-            self.predictor.generate_chat([j.messages for j in ready], streamer=streamer,
-                                         max_new_tokens=max(j.max_tokens for j in ready), **ready[0].sampling.generate_kwargs())
+            self.predictor.generate([j.prompt for j in jobs], streamer=streamer,
+                                    **self.predictor.generate_kwargs(settings), **extra)
         except _BatchDone:
             pass
         except Exception as exc:
             streamer.fail(exc)
             return
         streamer.close_all("length")  # rows still open used up the batch's token budget
+
+
+class GenerationFailed(RuntimeError):
+    """generate raised: not the request's fault. The cause is logged under `log_id`, never sent to clients."""
+
+    def __init__(self, exc: BaseException):
+        self.log_id = uuid.uuid4().hex[:12]
+        super().__init__(f"generation failed (log id {self.log_id})")
+        log.error("generation failed (log id %s)", self.log_id, exc_info=exc)
+
+
+class RowSampling(LogitsProcessor):
+    """Per-row temperature, top-k and top-p (transformers applies one setting to a whole batch);
+    a greedy row is reduced to its arg-max, which sampling then picks with certainty."""
+
+    def __init__(self, rows: list[Sampling], top_k: int):
+        self.greedy = torch.tensor([not r.do_sample for r in rows])
+        self.temperature = torch.tensor([r.temperature if r.do_sample else 1.0 for r in rows])[:, None]
+        self.top_p = torch.tensor([r.top_p for r in rows])[:, None]
+        self.top_k = top_k
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores / self.temperature.to(scores.device, scores.dtype)
+        ordered, order = scores.sort(dim=-1, descending=True)
+        probs = ordered.softmax(dim=-1)
+        # Drop a token once the tokens ranked above it already hold top_p of the mass (the best always stays).
+        drop = (probs.cumsum(dim=-1) - probs) >= self.top_p.to(scores.device, probs.dtype)
+        if self.top_k:
+            drop[:, self.top_k:] = True
+        drop[:, 0] = False
+        drop[self.greedy.to(scores.device), 1:] = True
+        return scores.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
 
 
 class _BatchDone(Exception):
@@ -245,10 +337,11 @@ class BatchStreamer(BaseStreamer):
                 self._close(i, reason)
 
     def fail(self, exc: Exception) -> None:
+        failed = GenerationFailed(exc)
         for i, is_open in enumerate(self.open):
             if is_open:
                 self.open[i] = False
-                self.send(self.jobs[i], RuntimeError(f"generation failed: {exc}"))
+                self.send(self.jobs[i], failed)
 
 
 class RowDecoder:

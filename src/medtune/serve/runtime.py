@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 from dataclasses import dataclass
 from typing import AsyncIterator, Literal
 
 from medtune.predict import Predictor
 from medtune.serve.config import ServeConfig, ServeConfigError, ServedModelConfig
-from medtune.serve.engine import Completion, Engine
+from medtune.serve.engine import Engine, EngineTimeout
+
+log = logging.getLogger("medtune.serve")
 
 
 @dataclass(frozen=True)
@@ -38,43 +41,54 @@ class ServedModel:
     answerer: object | None = None  # medtune.rag.answer.Answerer; None: plain chat
     retriever: object | None = None  # medtune.rag.retrieve.Retriever over the model's index
 
-    async def answer(self, messages: list[dict], **generation) -> AsyncIterator[Delta | Outcome]:
-        """Deltas, then one Outcome. `generation`: Engine.submit's max_tokens, temperature, top_p, timeout."""
-        if self.answerer is None:
-            async for item in self._generate(messages, generation):
-                if isinstance(item, Completion):
-                    done = item
-                else:
-                    yield item
-            yield Outcome(done.finish_reason, done.prompt_tokens, done.completion_tokens, None)
+    async def answer(self, messages: list[dict], *, timeout: float | None = None, **generation) -> AsyncIterator[Delta | Outcome]:
+        """Deltas, then one Outcome. `generation`: Engine.submit's max_tokens, temperature and top_p;
+        `timeout` covers everything, the safety check and retrieval included. A request the engine
+        refuses (too long, queue full) raises before the first Delta."""
+        loop = asyncio.get_running_loop()
+        ends = None if timeout is None else loop.time() + timeout
+        if self.answerer is None:  # safety: false
+            job = await self.engine.submit(messages, timeout=_left(ends, loop), **generation)
+            async for item in _stream(job):
+                yield item
+            yield Outcome(job.completion.finish_reason, job.completion.prompt_tokens, job.completion.completion_tokens, None)
             return
-        prep = await asyncio.to_thread(self.answerer.prepare, messages[-1]["content"])
+        prep = await _within(asyncio.to_thread(self.answerer.prepare, messages[-1]["content"]), ends, loop)
         if prep.final is not None:  # refused, or nothing in the sources: nothing to generate
             for part in ("prefix", "body", "tail"):
                 if text := getattr(prep.final, part):
                     yield Delta(text, "answer" if part == "body" else part)
             yield Outcome("stop", 0, 0, prep.final.to_dict())
             return
+        job = await self.engine.submit(with_history(messages[:-1], prep.messages), timeout=_left(ends, loop), **generation)
         if prep.prefix:
             yield Delta(prep.prefix, "prefix")
-        async for item in self._generate(with_history(messages[:-1], prep.messages), generation):
-            if isinstance(item, Completion):
-                done = item
-            else:
-                yield item
-        ans = await asyncio.to_thread(self.answerer.finish, prep, done.text)  # its support check embeds sentences
+        async for item in _stream(job):
+            yield item
+        done = job.completion
+        ans = await _within(asyncio.to_thread(self.answerer.finish, prep, done.text), ends, loop)  # embeds sentences
         if ans.tail:
             yield Delta(ans.tail, "tail")
         yield Outcome(done.finish_reason, done.prompt_tokens, done.completion_tokens, ans.to_dict())
 
-    async def _generate(self, messages: list[dict], generation: dict) -> AsyncIterator[Delta | Completion]:
-        job = self.engine.submit(messages, **generation)
-        try:
-            async for text in job:
-                yield Delta(text)
-        finally:
-            job.cancel()  # no-op once finished; otherwise the client went away: stop its row
-        yield job.completion
+
+async def _stream(job) -> AsyncIterator[Delta]:
+    try:
+        async for text in job:
+            yield Delta(text)
+    finally:
+        job.cancel()  # no-op once finished; otherwise the client went away: stop its row
+
+
+def _left(ends: float | None, loop) -> float | None:
+    return None if ends is None else max(0.0, ends - loop.time())
+
+
+async def _within(work, ends: float | None, loop):
+    try:
+        return await asyncio.wait_for(work, _left(ends, loop))
+    except TimeoutError:
+        raise EngineTimeout("the request timed out before the answer was complete") from None
 
 
 def with_history(earlier: list[dict], turn: list[dict]) -> list[dict]:
@@ -110,15 +124,18 @@ def load_models(config: ServeConfig, predictors: dict[str, Predictor] | None = N
                 by_ref[cfg.model] = Predictor.from_pretrained(cfg.model)
             predictors[name] = by_ref[cfg.model]
         engine = Engine(predictors[name], cfg.generation, max_batch_size=config.batching.max_batch_size,
-                        batch_wait_ms=config.batching.batch_wait_ms)
-        model = ServedModel(name, cfg, engine)
-        if cfg.grounding:
+                        batch_wait_ms=config.batching.batch_wait_ms, max_queue=config.batching.max_queue,
+                        context=config.limits.max_context_tokens or "model")
+        model = ServedModel(name, cfg, engine, retriever=_retriever(cfg.index) if cfg.index else None)
+        if cfg.safety:
             from medtune.rag.answer import Answerer
             from medtune.rag.safety import load_rules
 
             rules = rules or load_rules()
-            model.retriever = _retriever(cfg.index) if cfg.index else None
-            model.answerer = Answerer(model.retriever, rules, k=cfg.k)
+            # Without grounding the answer comes from the model alone, and says so.
+            model.answerer = Answerer(model.retriever if cfg.grounding else None, rules, k=cfg.k)
+        else:
+            log.warning("%s: served with safety: false — no emergency advice, no refusals, no notice", name)
         served[name] = model
     return served
 
