@@ -333,6 +333,7 @@ def test_unknown_model_is_404_and_paths_are_never_loaded(client, tiny_llama):
 
 def test_retrieve_without_index_is_400(client):
     assert_error(client.post("/v1/retrieve", json={"query": "gout"}), 400, "no_index", "model")
+    assert_error(client.post("/v1/retrieve", json={"query": "gout " * 7000}), 400, "invalid_value", "query")
     assert_error(client.post("/v1/retrieve", json={"k": 3}), 400, "missing_required_parameter", "query")
 
 

@@ -149,6 +149,9 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
     @app.post("/v1/retrieve", dependencies=authorized)
     async def retrieve(request: Request) -> dict:
         req = parse_body(await read_body(request), RetrieveRequest)
+        if len(req.query) > limits.max_message_chars:
+            raise APIError(400, f"query: at most {limits.max_message_chars} characters (got {len(req.query)})",
+                           param="query", code="invalid_value")
         model = pick(req.model)
         if model.retriever is None:
             raise APIError(400, f"the model {model.name!r} has no retrieval index (set models.{model.name}.index)",
@@ -250,7 +253,9 @@ def _model_card(name: str, created: int) -> dict:
 def serve(config: ServeConfig, predictors: dict[str, Predictor] | None = None) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(config, predictors), host=config.host, port=config.port, log_level="info")
+    # Beyond max_connections uvicorn answers 503 at once, instead of holding every socket a client opens.
+    uvicorn.run(create_app(config, predictors), host=config.host, port=config.port, log_level="info",
+                limit_concurrency=config.limits.max_connections)
 
 
 def serve_from_args(config_path: str | None, *, model: str | None = None, index: str | None = None,

@@ -51,6 +51,7 @@ class Limits(_Strict):
                                                                   "context, from its config)")
     timeout_s: float = Field(120.0, gt=0, description="per request, queueing, safety check and retrieval included")
     body_timeout_s: float = Field(10.0, gt=0, description="time to receive a request's whole body")
+    max_connections: int = Field(256, gt=0, description="open connections; more are answered 503 at once")
 
 
 class Batching(_Strict):
