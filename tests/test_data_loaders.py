@@ -1,6 +1,7 @@
 """CSV / JSON / JSONL loaders, column mapping, error messages, and the loader registry."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,62 @@ def test_register_a_new_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     (tmp_path / "d.tsv").write_text("q1\ta1\nq2\n")
     records, report = load_source(SourceConfig(loader="lines", path=str(tmp_path / "d.tsv")))
     assert len(records) == 2 and (report.answered, report.empty_answers) == (1, 1)
+
+
+# Rows json.loads rejects with other errors than JSONDecodeError: Python's 4,300-digit limit on integers
+# (ValueError) and nesting deeper than its recursion limit (RecursionError).
+HUGE_INT = '{"question": "q", "answer": ' + "9" * 5000 + "}"
+DEEP = '{"question": "q", "answer": ' + "[" * 100_000 + "]" * 100_000 + "}"
+GOOD = {"question": "Is flu viral?", "answer": "Yes.",
+        "prompt": "Is flu viral?", "chosen": "Yes.", "rejected": "No.", "text": "Flu is viral.",
+        "options": {"A": "Yes.", "B": "No."}, "answer_idx": "A", "Patient": "Is flu viral?", "Doctor": "Yes.", "Description": "Flu"}
+
+
+@pytest.mark.parametrize("bad, reason", [(HUGE_INT, "unreadable JSON: Exceeds the limit (4300 digits)"),
+                                         (DEEP, "malformed JSON: nested too deeply")])
+@pytest.mark.parametrize("loader", ["jsonl", "pairs", "text", "medqa", "ai_medical_chatbot"])
+def test_unparsable_jsonl_line_error_or_counted_skip(tmp_path: Path, loader: str, bad: str, reason: str) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(f"{bad}\n{json.dumps(GOOD)}\n")  # first: the chat presets sniff columns from the first object
+    with pytest.raises(DataError, match=rf"d\.jsonl, line 1: {re.escape(reason)}"):
+        load(path, loader)
+    records, report = load(path, loader, on_bad_row="skip")
+    assert len(records) == 1 and report.rows_seen == 2
+    assert [(s["row"], s["reason"][: len(reason)]) for s in report.skipped] == [(1, reason)]
+
+
+@pytest.mark.parametrize("bad, reason", [(HUGE_INT, "unreadable JSON: Exceeds the limit"), (DEEP, "malformed JSON: nested too deeply")])
+@pytest.mark.parametrize("loader", ["json", "chatdoctor"])
+def test_unparsable_json_file_names_the_file(tmp_path: Path, loader: str, bad: str, reason: str) -> None:
+    path = tmp_path / "d.json"
+    path.write_text(f"[{bad}]")
+    for on_bad_row in ("error", "skip"):  # a file that does not parse has no rows to skip
+        with pytest.raises(DataError, match=rf"d\.json: {reason}"):
+            load(path, loader, on_bad_row=on_bad_row)
+
+
+def test_pubmedqa_unparsable_files_name_the_file(tmp_path: Path) -> None:
+    from medtune.data.mcq import pubmedqa_test_ids
+
+    (tmp_path / "ori_pqal.json").write_text("9" * 5000)
+    (tmp_path / "test_ground_truth.json").write_text("[" * 100_000)
+    with pytest.raises(DataError, match=r"ori_pqal\.json: unreadable JSON"):
+        load(tmp_path / "ori_pqal.json", "pubmedqa")
+    with pytest.raises(DataError, match=r"test_ground_truth\.json: malformed JSON: nested too deeply"):
+        pubmedqa_test_ids(tmp_path / "ori_pqal.json")
+
+
+@pytest.mark.parametrize("bad", [HUGE_INT, DEEP])
+def test_passage_sniff_leaves_unparsable_first_line_to_the_loader(tmp_path: Path, bad: str) -> None:
+    from medtune.data.passages import is_passage_jsonl
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(bad + "\n")
+    assert not is_passage_jsonl(path)
+
+
+@pytest.mark.parametrize("bad", ["[" + "9" * 5000 + "]", "[" * 100_000])
+def test_model_output_that_json_cannot_read_is_parsed_as_text(bad: str) -> None:
+    from medtune.data.synth import parse_pairs
+
+    assert parse_pairs(bad + "\nQuestion: Is flu viral?\nAnswer: Yes.") == [("Is flu viral?", "Yes.")]

@@ -79,3 +79,63 @@ def test_recipe_round_trips_through_yaml(recipe_dict):
 
     r = recipe_from_dict(recipe_dict)
     assert recipe_from_dict(yaml.safe_load(dump_recipe(r))) == r
+
+
+def _alias_bomb(path: Path, levels: int = 7) -> Path:
+    """A "billion laughs" YAML: each key lists nine aliases of the one before, 9**levels values in under 300 bytes."""
+    names = "abcdefghi"[:levels]
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip(names, names[1:])]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _loaders():
+    from medtune.rag.safety import load_rules
+    from medtune.serve.config import load_config
+
+    return [load_recipe, load_merge_recipe, load_config, load_rules]
+
+
+@pytest.mark.parametrize("load", _loaders(), ids=lambda f: f.__module__.rsplit(".", 1)[-1] + "." + f.__name__)
+def test_yaml_alias_bomb_is_refused_in_a_short_message(tmp_path, load):
+    import time
+
+    path = _alias_bomb(tmp_path / "bomb.yaml")
+    assert path.stat().st_size < 300
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as exc:
+        load(path)
+    assert time.perf_counter() - start < 2
+    assert str(exc.value).startswith(f"{path}: ") and "alias" in str(exc.value) and len(str(exc.value)) < 500
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: " + "[" * 1000 + "]" * 1000, "nested too deeply"),
+    ("a: " + "9" * 5000, "not valid YAML: Exceeds the limit (4300 digits)"),  # a ValueError from the int constructor
+    ("a: 2024-13-45", "not valid YAML: month must be in 1..12"),  # the same from the date constructor
+    ("a: &a [x, *a]", "refer to themselves"),  # PyYAML builds a list that holds itself
+])
+def test_yaml_the_parser_rejects_names_the_file(tmp_path, text, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as exc:  # read_yaml_mapping's, as for every YAML file medtune reads
+        load_recipe(path)
+    assert str(exc.value).startswith(f"{path}: ") and message in str(exc.value)
+
+
+def test_errors_quote_long_inputs_shortened_and_list_the_first_problems(recipe_dict):
+    recipe_dict["notes"] = "x" * 1_000_000
+    recipe_dict["extras"] = [["deep"] * 1000] * 90  # 90,000 values: under the alias limit, 800 KB printed whole
+    with pytest.raises(RecipeError) as exc:
+        recipe_from_dict(recipe_dict, origin="my.yaml")
+    msg = str(exc.value)
+    assert len(msg) < 1000 and "notes: unknown field (check the spelling) (got 'xxx" in msg
+    assert "extras: unknown field (check the spelling) (got [['deep', " in msg
+
+    recipe_dict["train"].update({f"typo{i}": i for i in range(100)})
+    with pytest.raises(RecipeError) as exc:
+        recipe_from_dict(recipe_dict, origin="my.yaml")
+    msg = str(exc.value)
+    assert msg.startswith("my.yaml: invalid recipe (102 problem(s))\n  train.typo0: unknown field")
+    assert msg.endswith("train.typo19: unknown field (check the spelling) (got 19)\n  ...and 82 more")

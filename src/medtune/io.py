@@ -81,6 +81,11 @@ def replace_dir_atomic(target: Path, build: Callable[[Path], None], *, marker: s
     return target
 
 
+# Far above any real config (the packaged safety rules hold about 400 values); a "billion laughs" file of a few
+# hundred bytes, whose aliases repeat aliases, expands past it.
+MAX_YAML_VALUES = 100_000
+
+
 def read_yaml_mapping(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> dict:
     """A YAML file that must hold a mapping (recipes, serve configs, rules); `error` names the file otherwise."""
     import yaml
@@ -88,10 +93,30 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, error: type[Exception]
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = _expanded_size(data, MAX_YAML_VALUES, {})
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a scalar YAML types but Python cannot build (2024-13-45)
         raise error(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise error(f"{path}: not valid YAML: nested too deeply") from None
+    if values > MAX_YAML_VALUES:
+        raise error(f"{path}: its aliases expand to over {MAX_YAML_VALUES:,} values (or refer to themselves); "
+                    f"a {what} is far smaller")
     if not isinstance(data, dict):
         raise error(f"{path}: a {what} is a YAML mapping, got {type(data).__name__}")
     return data
+
+
+def _expanded_size(node: Any, limit: int, sizes: dict[int, int]) -> int:
+    """The values in `node` once its aliases are expanded, up to `limit + 1`. PyYAML shares an aliased node
+    rather than copying it, so loading is cheap, but whatever walks the data walks every copy (printing a
+    271-byte bomb in a recipe error took 5 s and 254 MB); counting each shared node once (`sizes`, by id)
+    keeps this walk cheap."""
+    if not isinstance(node, dict | list):
+        return 1
+    if id(node) not in sizes:
+        sizes[id(node)] = limit + 1  # while counted: a node that holds itself is endless
+        children = node.values() if isinstance(node, dict) else node
+        sizes[id(node)] = min(limit + 1, 1 + sum(_expanded_size(child, limit, sizes) for child in children))
+    return sizes[id(node)]

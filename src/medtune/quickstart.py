@@ -2,8 +2,9 @@
 same questions the way medtune is meant to be used: grounded in MedQuAD's NIH pages, with citations.
 
 MedQuAD comes from --data-dir / $MEDTUNE_DATA_DIR when given (a folder holding `medquad/`, or
-the XML tree itself); otherwise from its public GitHub archive, downloaded once and cached. Its
-retrieval index is built once into medtune's cache and reused by later runs.
+the XML tree itself; one that differs from the pinned release is used with a warning); otherwise from its
+public GitHub archive at a pinned commit, downloaded once, checked and cached. Its retrieval index is built
+once into medtune's cache and reused by later runs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medtune.data import DataError
+from medtune.data.medquad import medquad_digest
 from medtune.logs import log
 from medtune.models import cache_dir
 from medtune.pipeline import run
@@ -33,7 +35,12 @@ from medtune.rag.answer import Answerer, GroundedAnswer
 from medtune.rag.index import FORMAT
 from medtune.recipe import load_recipe
 
-MEDQUAD_ARCHIVE = "https://github.com/abachaa/MedQuAD/archive/refs/heads/master.zip"
+# MedQuAD at a fixed commit: the one its public XML files come from. GitHub builds archive zips on request
+# and does not promise the same bytes twice, so what is checked is their content, the XML files the loader
+# reads (medquad_digest, computed from a copy of the released tree: 11,274 files, matching that commit's).
+MEDQUAD_COMMIT = "7e94c7b336f1f8e010c03091df691c8bea014399"
+MEDQUAD_ARCHIVE = f"https://github.com/abachaa/MedQuAD/archive/{MEDQUAD_COMMIT}.zip"
+MEDQUAD_DIGEST = "f435689408badb8552f156e749e9c2b830b37922179d47ea7e453bce59b02de7"
 
 
 def find_medquad(data_dir: str | None) -> Path:
@@ -41,6 +48,9 @@ def find_medquad(data_dir: str | None) -> Path:
     if given:
         for candidate in (Path(given) / "medquad", Path(given)):
             if candidate.is_dir() and next(candidate.glob("*/*.xml"), None):
+                if medquad_digest(candidate) != MEDQUAD_DIGEST:  # a warning only: it may be a fork, on purpose
+                    log.warning("%s differs from MedQuAD at commit %s (edited, partial or a fork?): results will "
+                                "not match those of the released data set", candidate, MEDQUAD_COMMIT[:12])
                 return candidate
         raise DataError(given, "no MedQuAD XML tree here (expected DIR/medquad/<collection>/*.xml or DIR/<collection>/*.xml)")
     cached = cache_dir() / "data" / "medquad"
@@ -63,8 +73,15 @@ def _download_medquad(target: Path) -> Path:
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".medquad-"))
     try:
         archive.extractall(staging)
-        (root,) = [p for p in staging.iterdir() if p.is_dir()]  # MedQuAD-master/
-        root.rename(target)
+        roots = [p for p in staging.iterdir() if p.is_dir()]  # MedQuAD-<commit>/
+        digest = medquad_digest(roots[0]) if len(roots) == 1 else "none (no single top folder)"
+        if digest != MEDQUAD_DIGEST:  # nothing is cached: the next run downloads and checks again
+            raise DataError(
+                MEDQUAD_ARCHIVE,
+                f"the download is not MedQuAD at commit {MEDQUAD_COMMIT[:12]} (XML digest {digest}, expected "
+                f"{MEDQUAD_DIGEST}); nothing was cached. Pass --data-dir DIR to a MedQuAD XML tree instead",
+            )
+        roots[0].rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -8,6 +8,7 @@ overridden from the command line with `--set dotted.key=value`.
 from __future__ import annotations
 
 import os
+import reprlib
 from typing import Any, Literal
 
 import yaml
@@ -229,17 +230,31 @@ class Recipe(_Strict):
         return self
 
 
+# What an error quotes of a wrong value: its start, as one field may hold megabytes. reprlib stops at
+# these limits instead of writing the whole value out first (which nested aliases make huge).
+_QUOTE = reprlib.Repr()
+_QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict, _QUOTE.maxstring, _QUOTE.maxother = 3, 6, 6, 100, 100
+MAX_QUOTE, MAX_PROBLEMS = 200, 20
+
+
+def _quote(value: Any) -> str:
+    text = _QUOTE.repr(value)
+    return text if len(text) <= MAX_QUOTE else text[: MAX_QUOTE - 3] + "..."
+
+
 def format_errors(err: ValidationError, origin: str, what: str = "recipe") -> str:
-    """A pydantic error as one line per field: where, what is wrong, and what was given."""
+    """A pydantic error as one line per field (the first MAX_PROBLEMS): where, what is wrong, and what was given."""
     lines = [f"{origin}: invalid {what} ({err.error_count()} problem(s))"]
-    for e in err.errors():
+    for e in err.errors()[:MAX_PROBLEMS]:
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
         elif e["type"] == "missing":
             msg = "required field is missing"
-        lines.append(f"  {where}: {msg} (got {e.get('input')!r})" if e["type"] != "missing" else f"  {where}: {msg}")
+        lines.append(f"  {where}: {msg} (got {_quote(e.get('input'))})" if e["type"] != "missing" else f"  {where}: {msg}")
+    if err.error_count() > MAX_PROBLEMS:
+        lines.append(f"  ...and {err.error_count() - MAX_PROBLEMS} more")
     return "\n".join(lines)
 
 

@@ -104,7 +104,7 @@ def _first_columns(path: Path) -> set[str]:
     start = head.find("{")
     try:
         item = json.JSONDecoder().raw_decode(head, start)[0] if start >= 0 else {}
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # malformed, a 5,000-digit number, nesting too deep
         return set()
     return set(item) if isinstance(item, dict) else set()
 

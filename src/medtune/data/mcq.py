@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import re
 import unicodedata
@@ -47,7 +46,7 @@ from typing import Any, Literal
 
 from medtune.data.loaders import load_source, register_loader
 from medtune.data.report import DataError, LoadReport
-from medtune.data.tabular import json_objects, jsonl_objects, parquet_objects, read_text
+from medtune.data.tabular import json_objects, jsonl_objects, parquet_objects, parse_json, read_text
 from medtune.recipe import SourceConfig
 from medtune.records import QARecord
 
@@ -129,10 +128,7 @@ def _choice(question: Any, options: Iterable[Any], answer_index: int, **fields: 
 
 def _read_json(path: Path, report: LoadReport) -> Any:
     report.files_read += 1
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
+    return parse_json(read_text(path), path)
 
 
 def _records(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[Located]:
@@ -260,10 +256,7 @@ def pubmedqa_test_ids(path: str | Path) -> set[str]:
     file = Path(path).parent / "test_ground_truth.json"
     if not file.is_file():
         raise DataError(file, "no such file; PubMedQA ships it beside ori_pqal.json")
-    try:
-        truth = json.loads(read_text(file))
-    except json.JSONDecodeError as exc:
-        raise DataError(file, f"malformed JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
+    truth = parse_json(read_text(file), file)
     return {str(pmid) for pmid in truth}  # {pmid: label}; a plain list of pmids reads the same
 
 

@@ -14,6 +14,7 @@ Most files are `Document[id, source, url]/{Focus, FocusAnnotations, QAPairs/QAPa
 
 from __future__ import annotations
 
+import hashlib
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,3 +99,12 @@ def _records(
             qtype=q.get("qtype", ""),
             language="en",
         )
+
+
+def medquad_digest(root: Path) -> str:
+    """A fingerprint of a MedQuAD tree: SHA-256 of the lines `<SHA-256 of the file>  <path under root>`
+    of its XML files (those the loader reads) in path order, as `find . -name '*.xml' -printf '%P\\n' |
+    LC_ALL=C sort | xargs sha256sum | sha256sum` prints it from `root`."""
+    files = sorted((f.relative_to(root).as_posix(), f) for f in root.rglob("*.xml"))
+    listing = "".join(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {name}\n" for name, f in files)
+    return hashlib.sha256(listing.encode()).hexdigest()

@@ -21,7 +21,6 @@ raises an error naming the file and line, or is skipped and counted with `on_bad
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 from medtune.data.chat import preset_config
 from medtune.data.loaders import register_loader
 from medtune.data.report import DataError, LoadReport
-from medtune.data.tabular import _Mapper, read_text
+from medtune.data.tabular import _Mapper, parse_json, read_text
 from medtune.recipe import SourceConfig
 from medtune.records import QARecord
 
@@ -61,10 +60,7 @@ def load_pairs(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QA
 
 
 def _parse(text: str, path: Path, line: int) -> dict[str, Any]:
-    try:
-        item = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", line=line) from None
+    item = parse_json(text, path, line)
     if not isinstance(item, dict):
         raise DataError(path, f"expected an object, got a JSON {type(item).__name__}", line=line)
     return item

@@ -9,13 +9,12 @@ field and no `question`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 from medtune.data.report import DataError, LoadReport
-from medtune.data.tabular import jsonl_objects
+from medtune.data.tabular import jsonl_objects, parse_json
 from medtune.recipe import SourceConfig
 
 TEXT_KEYS = ("text", "raw_text", "passage", "content")  # the first one present
@@ -44,8 +43,8 @@ def is_passage_jsonl(path: Path) -> bool:
         line = next((line for line in fh if line.strip()), "")
     if line:
         try:
-            first = json.loads(line)
-        except json.JSONDecodeError:
+            first = parse_json(line, path, 1)
+        except DataError:
             return False  # the QA loader reports it with its line number
         return isinstance(first, dict) and "question" not in first and any(k in first for k in TEXT_KEYS)
     return False

@@ -129,7 +129,7 @@ def _json_pairs(text: str) -> list[tuple[str, str]]:
         return []
     try:
         data, _ = json.JSONDecoder().raw_decode(text[start:])
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # malformed, a 5,000-digit number, nesting too deep: read it as text
         return []
     pairs = []
     for item in data if isinstance(data, list) else [data]:

@@ -38,6 +38,19 @@ def read_text(path: Path) -> str:
         ) from None
 
 
+def parse_json(text: str, path: Path, line: int | None = None) -> Any:
+    """`text` parsed as JSON: a JSON Lines `line`, or a whole file (line None). Whatever json.loads
+    rejects is a DataError naming the file and line, which loaders raise or count as a bad row."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", line=exc.lineno if line is None else line) from None
+    except ValueError as exc:  # an integer over Python's 4,300-digit limit; json does not say where
+        raise DataError(path, f"unreadable JSON: {exc}", line=line) from None
+    except RecursionError:  # arrays or objects nested deeper than Python's recursion limit (about 1,000)
+        raise DataError(path, "malformed JSON: nested too deeply", line=line) from None
+
+
 class _Mapper:
     """Turns one row (a mapping of column -> value) into a record, or says what is wrong."""
 
@@ -119,10 +132,7 @@ def load_csv(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QARe
 def json_objects(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[tuple[int, dict]]:
     """(row number, object) per item of a JSON list; an item that is not an object is a bad row."""
     report.files_read += 1
-    try:
-        items = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
+    items = parse_json(read_text(path), path)
     if not isinstance(items, list):
         raise DataError(path, f"expected a JSON list of objects, got a {type(items).__name__}")
     for row, item in enumerate(items, 1):
@@ -150,9 +160,9 @@ def jsonl_objects(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator
             continue
         report.rows_seen += 1
         try:
-            item = json.loads(text)
-        except json.JSONDecodeError as exc:
-            report.reject(DataError(path, f"malformed JSON: {exc.msg} (column {exc.colno})", line=line), cfg.on_bad_row)
+            item = parse_json(text, path, line)
+        except DataError as err:
+            report.reject(err, cfg.on_bad_row)
             continue
         if isinstance(item, dict):
             yield line, item
