@@ -35,10 +35,11 @@ from medtune.rag.answer import Answerer, GroundedAnswer
 from medtune.rag.index import FORMAT
 from medtune.recipe import load_recipe
 
-# MedQuAD at a fixed commit: the one its public XML files come from. GitHub builds archive zips on request
-# and does not promise the same bytes twice, so what is checked is their content, the XML files the loader
-# reads (medquad_digest, computed from a copy of the released tree: 11,274 files, matching that commit's).
-MEDQUAD_COMMIT = "7e94c7b336f1f8e010c03091df691c8bea014399"
+# MedQuAD at a fixed commit: the repository's latest (2023-10-17, which added its LICENSE); its XML files
+# are those of the first commit. GitHub builds archive zips on request and does not promise the same bytes
+# twice, so what is checked is their content, the XML files the loader reads (medquad_digest: 11,274 files,
+# computed from that commit's tree and equal to the copy in ../shared/data).
+MEDQUAD_COMMIT = "577bd37b96c02d1833b2c9eed2de9f96964e96cb"
 MEDQUAD_ARCHIVE = f"https://github.com/abachaa/MedQuAD/archive/{MEDQUAD_COMMIT}.zip"
 MEDQUAD_DIGEST = "f435689408badb8552f156e749e9c2b830b37922179d47ea7e453bce59b02de7"
 
