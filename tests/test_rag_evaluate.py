@@ -53,3 +53,13 @@ def test_selftest_paraphrases_split_by_focus(tmp_path):
     assert len(dev) == len(test) == 2 and not dev & test
     again = build_medquad_selftest(recs, tmp_path / "again", chunk_words=20, overlap=5, seed=1)
     assert again["all"]["queries"].read_text() == paths["all"]["queries"].read_text()
+
+
+def test_queries_with_unreadable_json_name_the_line(tmp_path):
+    from medtune.data.report import DataError
+    from medtune.rag.evaluate import read_queries
+
+    path = tmp_path / "queries.jsonl"
+    path.write_text('{"id": "q1", "query": "gout"}\n{"id": "q2", "query": ' + "9" * 5000 + "}\n")
+    with pytest.raises(DataError, match="line 2: unreadable JSON"):
+        read_queries(path)

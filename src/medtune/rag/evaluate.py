@@ -23,6 +23,7 @@ import numpy as np
 
 from medtune.logs import bar
 from medtune.data.report import DataError
+from medtune.data.tabular import parse_json
 from medtune.io import write_atomic, write_json
 from medtune.rag.index import Index
 from medtune.rag.passages import CHUNK_WORDS, OVERLAP, passages_from_records
@@ -39,10 +40,7 @@ def read_queries(path: str | os.PathLike) -> list[tuple[str, str]]:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(path, f"not valid JSON: {exc.msg} (column {exc.colno})", line=line_no) from None
+            row = parse_json(line, path, line_no)
             if not isinstance(row, dict) or not str(row.get("id") or "").strip() or not str(row.get("query") or "").strip():
                 raise DataError(path, 'expected an object with a non-empty "id" and "query"', line=line_no)
             qid = str(row["id"])
