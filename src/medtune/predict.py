@@ -86,12 +86,7 @@ class Predictor:
         return [{"role": "system", "content": self.system}] + messages
 
     def strip_control_tokens(self, text: str) -> str:
-        """`text` without the tokenizer's special-token strings, removed until none is left
-        (removing one must not join two halves into another)."""
-        pattern = _control_pattern(self.tokenizer)
-        while pattern is not None and (cleaned := pattern.sub("", text)) != text:
-            text = cleaned
-        return text
+        return strip_control_tokens(self.tokenizer, text)
 
     def predict(self, questions: list[str] | str, *, batch_size: int = 8, progress: bool = False, **generation) -> list[str]:
         """Answers to `questions`, in order. `generation` overrides fields of GenerationConfig."""
@@ -122,6 +117,15 @@ class Predictor:
         if not self.is_seq2seq:
             out = out[:, enc["input_ids"].shape[1] :]
         return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def strip_control_tokens(tokenizer, text: str) -> str:
+    """`text` without `tokenizer`'s special-token strings, removed until none is left (removing one
+    must not join two halves into another)."""
+    pattern = _control_pattern(tokenizer)
+    while pattern is not None and (cleaned := pattern.sub("", text)) != text:
+        text = cleaned
+    return text
 
 
 @lru_cache(maxsize=8)

@@ -344,22 +344,42 @@ class BatchStreamer(BaseStreamer):
                 self.send(self.jobs[i], failed)
 
 
+class Trimmed:
+    """Streamed text with its leading and trailing whitespace held back, so that the stream equals
+    the stripped whole text a non-streaming answer returns."""
+
+    def __init__(self):
+        self.text = ""  # emitted so far
+        self._held = ""  # trailing whitespace, emitted only if more text follows
+
+    def push(self, new: str, final: bool = False) -> str:
+        s = self._held + new
+        if not self.text:
+            s = s.lstrip()
+        out = s.rstrip()
+        self._held = "" if final else s[len(out) :]
+        self.text += out
+        return out
+
+
 class RowDecoder:
     """Incremental detokenization of one row.
 
     A token can end inside a multi-byte character, and some tokenizers render a token differently
     depending on what precedes it; so text is decoded over a short window of recent tokens and only
-    the part that later tokens can no longer change is emitted. Leading and trailing whitespace is
-    held back, so the streamed text equals the stripped full decode that non-streaming returns.
+    the part that later tokens can no longer change is emitted (through Trimmed).
     """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
-        self.text = ""  # emitted so far
+        self._out = Trimmed()
         self._prefix = 0  # window start: decoded for context, already emitted
         self._read = 0  # tokens up to here are emitted
-        self._held = ""  # trailing whitespace, emitted only if more text follows
+
+    @property
+    def text(self) -> str:
+        return self._out.text
 
     @property
     def count(self) -> int:
@@ -367,10 +387,10 @@ class RowDecoder:
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        return self._emit(self._stable_text(final=False), final=False)
+        return self._out.push(self._stable_text(final=False))
 
     def finish(self) -> str:
-        return self._emit(self._stable_text(final=True), final=True)
+        return self._out.push(self._stable_text(final=True), final=True)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -382,15 +402,6 @@ class RowDecoder:
             return ""
         self._prefix, self._read = self._read, len(self.ids)
         return after[len(before) :]
-
-    def _emit(self, new: str, final: bool) -> str:
-        s = self._held + new
-        if not self.text:
-            s = s.lstrip()
-        out = s.rstrip()
-        self._held = "" if final else s[len(out) :]
-        self.text += out
-        return out
 
 
 def _eos_ids(predictor: Predictor) -> set[int]:

@@ -1,0 +1,131 @@
+"""One engine per served model, from its `engine:` config: transformers in this process, or an
+OpenAI-compatible server (llama.cpp's or vLLM's, run by medtune; or any other, by URL).
+
+Every engine has the same surface (`submit` → a job of text deltas and a Completion, `close`), so
+the safety layer, grounding and citations run the same over all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import shutil
+
+from medtune.models import cache_dir, read_card
+from medtune.serve.config import Batching, Limits, ServedModelConfig, ServeConfigError
+from medtune.serve.managed import EngineSetupError, ManagedServer
+from medtune.serve.upstream import UpstreamEngine
+
+log = logging.getLogger("medtune.serve")
+
+DEFAULT_SLOT_CONTEXT = 4096  # llama.cpp: the KV cache is allocated up front, for every slot
+
+
+class ManagedEngine(UpstreamEngine):
+    """An UpstreamEngine over a server medtune runs: started now, restarted once if it dies, stopped on close."""
+
+    def __init__(self, server: ManagedServer, model: str, **kwargs):
+        server.start()
+        super().__init__(server.url, model, api_key=server.key, **kwargs)
+        self.server = server
+        self._watch: asyncio.Task | None = None
+
+    async def submit(self, messages: list[dict], **kwargs):
+        if self._watch is None or self._watch.done() and self._watch.get_loop() is not asyncio.get_running_loop():
+            self._watch = asyncio.get_running_loop().create_task(self.server.watch(self._moved))
+        return await super().submit(messages, **kwargs)
+
+    def _moved(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        await super().close()
+        self.server.close()
+
+
+def make_engine(name: str, cfg: ServedModelConfig, limits: Limits, batching: Batching, predictor=None):
+    """The engine of served model `name`; `predictor` (transformers only) skips loading the weights."""
+    kind = cfg.engine.kind
+    if kind == "transformers":
+        from medtune.predict import Predictor
+        from medtune.serve.engine import Engine
+
+        return Engine(predictor or Predictor.from_pretrained(cfg.model), cfg.generation,
+                      max_batch_size=batching.max_batch_size, batch_wait_ms=batching.batch_wait_ms,
+                      max_queue=batching.max_queue, context=limits.max_context_tokens or "model")
+    common = dict(default_max_tokens=cfg.generation.max_new_tokens, connect_timeout=cfg.engine.connect_timeout_s,
+                  retries=cfg.engine.retries, max_pending=batching.max_queue + cfg.engine.parallel)
+    if kind == "openai":
+        key = os.environ.get(cfg.engine.api_key_env) if cfg.engine.api_key_env else None
+        if cfg.engine.api_key_env and not key:
+            raise ServeConfigError(f"models.{name}.engine.api_key_env: ${cfg.engine.api_key_env} is not set")
+        system, strip = _prompting(cfg.model, must_exist=False)
+        return UpstreamEngine(cfg.engine.url, cfg.engine.upstream_model or cfg.model, api_key=key,
+                              system=system, strip=strip, **common)
+    system, strip = _prompting(cfg.model, must_exist=True)
+    logs = cache_dir() / "logs" / f"{name.replace('/', '_')}-{kind}.log"
+    if kind == "llama.cpp":
+        from medtune.serve.llamacpp import llama_server_command, served_gguf
+
+        gguf = served_gguf(cfg.model, cfg.engine.gguf_type)
+        command = llama_server_command(gguf, parallel=cfg.engine.parallel,
+                                       context=cfg.engine.context or _slot_context(cfg.model), threads=cfg.engine.threads)
+        server = ManagedServer("llama-server", command, logs)
+    else:
+        server = ManagedServer("vllm", vllm_command(cfg.model, cfg.engine.parallel), logs,
+                               env=lambda key: {"VLLM_API_KEY": key})
+    try:
+        return ManagedEngine(server, "medtune", system=system, strip=strip, **common)
+    except EngineSetupError:
+        server.close()
+        raise
+
+
+def vllm_command(model: str, parallel: int):
+    """`vllm serve` over the model's full-precision folder (vLLM reads its key from $VLLM_API_KEY)."""
+    if importlib.util.find_spec("vllm") is None or shutil.which("vllm") is None:
+        raise EngineSetupError("engine vllm needs the vllm package (pip install vllm; Linux with a CUDA GPU); "
+                               "or run vllm serve yourself and use engine kind openai with its url")
+    folder, card = read_card(model)
+    if card.get("adapter"):
+        raise EngineSetupError(f"{model}: a LoRA run; vLLM serves full weights: medtune merge-adapter {model} --out DIR, "
+                               "then serve DIR")
+    source = str(folder) if folder else model
+
+    def command(port: int, keyfile: str) -> list[str]:
+        return ["vllm", "serve", source, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "medtune",
+                "--max-num-seqs", str(parallel)]
+
+    return command
+
+
+def _prompting(model: str, *, must_exist: bool):
+    """(the run's system prompt, a control-token stripper) when `model` can be read here; for an
+    upstream elsewhere it may not be (then the upstream's own template applies, as it is)."""
+    from medtune.models import load_tokenizer, resolve_model
+    from medtune.predict import strip_control_tokens
+
+    try:
+        tokenizer = load_tokenizer(resolve_model(model))
+    except Exception:
+        if must_exist:
+            raise
+        log.warning("%s: not readable here; the upstream's chat template and tokenizer apply as they are", model)
+        return None, None
+    _, card = read_card(model)
+    return card.get("system"), lambda text: strip_control_tokens(tokenizer, text)
+
+
+def _slot_context(model: str) -> int:
+    from transformers import AutoConfig
+
+    from medtune.models import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(model).location)
+    positions = getattr(config.get_text_config(), "max_position_embeddings", None) or DEFAULT_SLOT_CONTEXT
+    return min(positions, DEFAULT_SLOT_CONTEXT)
+
