@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medtune.predict import Predictor
 from medtune import DEFAULT_MODEL
+from medtune.serve import openapi
 from medtune.serve.config import ServeConfig, config_from_dict, load_config
 from medtune.serve.engine import EngineTimeout, RequestRejected
 from medtune.serve.protocol import APIError, ChatRequest, Reply, RetrieveRequest, parse_body, sse, usage
@@ -110,7 +111,7 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
     async def get_model(name: str) -> dict:
         return _model_card(pick(name).name, started)
 
-    @app.post("/v1/retrieve", dependencies=authorized)
+    @app.post("/v1/retrieve", dependencies=authorized, openapi_extra=openapi.RETRIEVE)
     async def retrieve(request: Request) -> dict:
         req = parse_body(await read_body(request), RetrieveRequest)
         model = pick(req.model)
@@ -121,7 +122,7 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
         return {"object": "list", "model": model.name, "query": req.query,
                 "data": [{"id": h.id, "score": float(h.score), "url": h.url, "title": h.title, "text": h.text} for h in hits]}
 
-    @app.post("/v1/chat/completions", dependencies=authorized)
+    @app.post("/v1/chat/completions", dependencies=authorized, openapi_extra=openapi.CHAT_COMPLETIONS)
     async def chat_completions(request: Request):
         req = parse_body(await read_body(request), ChatRequest)
         model = pick(req.model)
