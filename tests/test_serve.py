@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from importlib.util import find_spec
 import re
 import socket
 import threading
@@ -377,10 +378,23 @@ def test_config_from_yaml(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_vllm_backend_fails_at_startup_when_missing(predictor):
-    config = config_from_dict({"models": {"tiny": {"model": "x"}}, "backend": "vllm"})
-    with pytest.raises(ServeConfigError, match="vllm"):
-        create_app(config, predictors={"tiny": predictor})
+def test_vllm_engine_fails_at_startup_when_missing(predictor, monkeypatch):
+    from medtune.serve.managed import EngineSetupError
+
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    config = config_from_dict({"models": {"tiny": {"model": "x", "engine": {"kind": "vllm"}}}})
+    with pytest.raises(EngineSetupError, match="needs the vllm package"):
+        create_app(config)
+
+
+def test_vllm_command(tmp_path, monkeypatch):
+    import medtune.serve.engines as engines
+
+    monkeypatch.setattr(engines.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(engines.shutil, "which", lambda name: "/usr/bin/vllm")
+    command = engines.vllm_command(str(tmp_path), parallel=4)(8123, "/tmp/key")
+    assert command == ["vllm", "serve", str(tmp_path), "--host", "127.0.0.1", "--port", "8123",
+                       "--served-model-name", "medtune", "--max-num-seqs", "4"]
 
 
 def test_serve_from_args(monkeypatch, tmp_path):

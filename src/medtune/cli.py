@@ -397,8 +397,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from medtune.quantize import QuantizeError
     from medtune.rag.index import IndexMismatch
     from medtune.recipe import RecipeError
+    from medtune.serve.managed import EngineSetupError
 
-    return RecipeError, DataError, ModelNotAvailable, TaskError, IndexMismatch, MergeError, QuantizeError, OutputInUse
+    return (RecipeError, DataError, ModelNotAvailable, TaskError, IndexMismatch, MergeError, QuantizeError, OutputInUse,
+            EngineSetupError)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from medtune.predict import Predictor
 from medtune import DEFAULT_MODEL
+from medtune.serve import openapi
 from medtune.serve.config import ServeConfig, ServeConfigError, config_from_dict, load_config
 from medtune.serve.engine import ContextTooLong, EngineBusy, EngineTimeout, GenerationFailed, RequestRejected
 from medtune.serve.protocol import APIError, ChatRequest, Reply, RetrieveRequest, parse_body, sse, usage
@@ -146,7 +147,7 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
     async def get_model(name: str) -> dict:
         return _model_card(pick(name).name, started)
 
-    @app.post("/v1/retrieve", dependencies=authorized)
+    @app.post("/v1/retrieve", dependencies=authorized, openapi_extra=openapi.RETRIEVE)
     async def retrieve(request: Request) -> dict:
         req = parse_body(await read_body(request), RetrieveRequest)
         if len(req.query) > limits.max_message_chars:
@@ -160,7 +161,7 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
         return {"object": "list", "model": model.name, "query": req.query,
                 "data": [{"id": h.id, "score": float(h.score), "url": h.url, "title": h.title, "text": h.text} for h in hits]}
 
-    @app.post("/v1/chat/completions", dependencies=authorized)
+    @app.post("/v1/chat/completions", dependencies=authorized, openapi_extra=openapi.CHAT_COMPLETIONS)
     async def chat_completions(request: Request):
         req = parse_body(await read_body(request), ChatRequest)
         check_size(req)

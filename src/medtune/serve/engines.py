@@ -66,7 +66,6 @@ def make_engine(name: str, cfg: ServedModelConfig, limits: Limits, batching: Bat
         system, strip = _prompting(cfg.model, must_exist=False)
         return UpstreamEngine(cfg.engine.url, cfg.engine.upstream_model or cfg.model, api_key=key,
                               system=system, strip=strip, **common)
-    system, strip = _prompting(cfg.model, must_exist=True)
     logs = cache_dir() / "logs" / f"{name.replace('/', '_')}-{kind}.log"
     if kind == "llama.cpp":
         from medtune.serve.llamacpp import llama_server_command, served_gguf
@@ -78,6 +77,7 @@ def make_engine(name: str, cfg: ServedModelConfig, limits: Limits, batching: Bat
     else:
         server = ManagedServer("vllm", vllm_command(cfg.model, cfg.engine.parallel), logs,
                                env=lambda key: {"VLLM_API_KEY": key})
+    system, strip = _prompting(cfg.model, must_exist=True)
     try:
         return ManagedEngine(server, "medtune", system=system, strip=strip, **common)
     except EngineSetupError:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 from dataclasses import dataclass
 from typing import AsyncIterator, Literal
 
 from medtune.predict import Predictor
-from medtune.serve.config import ServeConfig, ServeConfigError, ServedModelConfig
-from medtune.serve.engine import Engine, EngineTimeout
+from medtune.serve.config import ServeConfig, ServedModelConfig
+from medtune.serve.engine import EngineTimeout
 
 log = logging.getLogger("medtune.serve")
 
@@ -37,7 +36,7 @@ class Outcome:
 class ServedModel:
     name: str
     config: ServedModelConfig
-    engine: Engine
+    engine: object  # medtune.serve.engine.Engine, or .upstream.UpstreamEngine for a server (medtune.serve.engines)
     answerer: object | None = None  # medtune.rag.answer.Answerer; None: plain chat
     retriever: object | None = None  # medtune.rag.retrieve.Retriever over the model's index
 
@@ -103,40 +102,38 @@ def with_history(earlier: list[dict], turn: list[dict]) -> list[dict]:
 
 
 def load_models(config: ServeConfig, predictors: dict[str, Predictor] | None = None) -> dict[str, ServedModel]:
-    """Every configured model, loaded now so that a bad reference fails at startup, not on a request.
+    """Every configured model and its engine, started now so that a bad reference or a missing engine
+    fails at startup, not on a request. `predictors` (by served name) skips loading transformers
+    models; names sharing a model reference share its weights."""
+    from medtune.serve.engines import make_engine
 
-    `predictors` (by served name) skips loading; names sharing a model reference share its weights.
-    """
-    if config.backend == "vllm":
-        # Accepted in configs so that they validate, but not wired yet: refuse at startup, never on a request.
-        installed = importlib.util.find_spec("vllm") is not None
-        raise ServeConfigError(
-            "backend: vllm " + ("is not supported by this version of medtune serve" if installed else
-                                "needs the vllm package, which is not installed (pip install vllm; Linux with a CUDA GPU)")
-            + "; use backend: transformers")
     predictors = dict(predictors or {})
     by_ref: dict[str, Predictor] = {}
     rules = None
-    served = {}
-    for name, cfg in config.models.items():
-        if name not in predictors:
-            if cfg.model not in by_ref:
-                by_ref[cfg.model] = Predictor.from_pretrained(cfg.model)
-            predictors[name] = by_ref[cfg.model]
-        engine = Engine(predictors[name], cfg.generation, max_batch_size=config.batching.max_batch_size,
-                        batch_wait_ms=config.batching.batch_wait_ms, max_queue=config.batching.max_queue,
-                        context=config.limits.max_context_tokens or "model")
-        model = ServedModel(name, cfg, engine, retriever=_retriever(cfg.index) if cfg.index else None)
-        if cfg.safety:
-            from medtune.rag.answer import Answerer
-            from medtune.rag.safety import load_rules
+    served: dict[str, ServedModel] = {}
+    try:
+        for name, cfg in config.models.items():
+            predictor = None
+            if cfg.engine.kind == "transformers":
+                if name not in predictors and cfg.model not in by_ref:
+                    by_ref[cfg.model] = Predictor.from_pretrained(cfg.model)
+                predictor = predictors.get(name) or by_ref[cfg.model]
+            engine = make_engine(name, cfg, config.limits, config.batching, predictor)
+            model = served[name] = ServedModel(name, cfg, engine, retriever=_retriever(cfg.index) if cfg.index else None)
+            if cfg.safety:
+                from medtune.rag.answer import Answerer
+                from medtune.rag.safety import load_rules
 
-            rules = rules or load_rules()
-            # Without grounding the answer comes from the model alone, and says so.
-            model.answerer = Answerer(model.retriever if cfg.grounding else None, rules, k=cfg.k)
-        else:
-            log.warning("%s: served with safety: false — no emergency advice, no refusals, no notice", name)
-        served[name] = model
+                rules = rules or load_rules()
+                # Without grounding the answer comes from the model alone, and says so.
+                model.answerer = Answerer(model.retriever if cfg.grounding else None, rules, k=cfg.k)
+            else:
+                log.warning("%s: served with safety: false — no emergency advice, no refusals, no notice", name)
+    except BaseException:
+        for model in served.values():  # a server already started (llama-server) must not outlive a failed start
+            if server := getattr(model.engine, "server", None):
+                server.close()
+        raise
     return served
 
 
