@@ -284,7 +284,7 @@ def main() -> None:
 
     predictor = Predictor.from_pretrained(args.model)
     config = config_from_dict({
-        "models": {"bench": {"model": args.model, "grounding": False}},
+        "models": {"bench": {"model": args.model, "grounding": False, "safety": False}},
         "limits": {"max_tokens": max(args.max_tokens, 1), "timeout_s": 3600},
         "batching": {"max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms},
     })
@@ -295,15 +295,15 @@ def main() -> None:
         server.should_exit = True
         print(json.dumps(result, indent=2))
         return
-    batch_sizes, generate_chat = [], predictor.generate_chat
+    batch_sizes, generate = [], predictor.generate
 
-    def counted(conversations, **kwargs):  # how many requests each generate call served
-        batch_sizes.append(len(conversations))
-        return generate_chat(conversations, **kwargs)
+    def counted(prompts, **kwargs):  # how many requests each generate call served
+        batch_sizes.append(len(prompts))
+        return generate(prompts, **kwargs)
 
-    predictor.generate_chat = counted
+    predictor.generate = counted
     served = asyncio.run(load(base, args.clients, args.requests, args.max_tokens))
-    predictor.generate_chat = generate_chat
+    predictor.generate = generate
     server.should_exit = True
     served |= {"generate_calls": len(batch_sizes), "mean_batch_size": round(statistics.mean(batch_sizes), 2)}
     seq = baseline(predictor, args.baseline_requests, args.max_tokens)
