@@ -1,0 +1,175 @@
+"""Engines other than in-process transformers: an OpenAI-compatible upstream (replayed vLLM and
+Ollama streams; a real llama-server), and llama.cpp's server run by medtune."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import Response  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+
+from medtune.serve.engine import ContextTooLong, EngineBusy, GenerationFailed  # noqa: E402
+from medtune.serve.upstream import EngineUnavailable, UpstreamEngine  # noqa: E402
+from test_serve import free_port, start_server  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
+
+
+# ---- an upstream replaying recorded answers --------------------------------------------------
+
+def replay_app(received: list):
+    """Answers each chat completion with the fixture its model names: "<file>" or "<file>@<status>"."""
+
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        received.append({"body": body, "authorization": request.headers.get("authorization")})
+        name, _, status = body["model"].partition("@")
+        content = (FIXTURES / name).read_bytes()
+        media = "text/event-stream" if name.endswith(".txt") else "application/json"
+        headers = {"Retry-After": "7"} if status == "503" else {}
+        return Response(content, status_code=int(status or 200), media_type=media, headers=headers)
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    received: list = []
+    base, stop = start_server(replay_app(received))
+    yield f"{base}/v1", received
+    stop()
+
+
+def complete(url: str, model: str, messages=None, **kwargs):
+    async def run():
+        engine = UpstreamEngine(url, model, api_key="upstream-key", **kwargs)
+        try:
+            job = await engine.submit(messages or [{"role": "user", "content": "What causes gout?"}], max_tokens=8,
+                                      temperature=1e-40)
+            deltas = [d async for d in job]
+            return deltas, job.completion
+        finally:
+            await engine.close()
+
+    return asyncio.run(run())
+
+
+def test_vllm_stream(upstream):
+    url, received = upstream
+    deltas, done = complete(url, "vllm_stream.txt")
+    # The empty role delta, vLLM's leading space and trailing newline are gone; the stream is the text.
+    assert "".join(deltas) == done.text == "Gout is caused by uric acid crystals [1]."
+    assert (done.prompt_tokens, done.completion_tokens, done.finish_reason) == (41, 8, "length")
+    sent = received[-1]
+    assert sent["authorization"] == "Bearer upstream-key"
+    assert sent["body"] | {"messages": None} == {"model": "vllm_stream.txt", "messages": None, "max_tokens": 8,
+                                                 "stream": True, "stream_options": {"include_usage": True},
+                                                 "temperature": 0.0}  # 1e-40 is greedy, as everywhere
+
+
+def test_ollama_stream(upstream):
+    url, _ = upstream
+    deltas, done = complete(url, "ollama_stream.txt")
+    assert deltas == ["Gout", " is caused by", " uric acid crystals [1]."]  # the role in every delta is ignored
+    assert (done.text, done.prompt_tokens, done.completion_tokens, done.finish_reason) == (
+        "Gout is caused by uric acid crystals [1].", 39, 9, "stop")
+
+
+def test_upstream_refusals_become_ours(upstream, caplog):
+    url, _ = upstream
+    for name in ("vllm_context_400.json@400", "llama_server_context_400.json@400"):
+        with pytest.raises(ContextTooLong, match="context"):
+            complete(url, name)
+    with pytest.raises(EngineBusy) as busy:
+        complete(url, "llama_server_context_400.json@503")
+    assert busy.value.retry_after == 7
+    with pytest.raises(GenerationFailed) as failed:  # an error event after text: logged, never shown
+        complete(url, "vllm_error_midstream.txt")
+    assert "nvidia" not in str(failed.value) and "nvidia" in caplog.text
+    with pytest.raises(GenerationFailed):
+        complete(url, "llama_server_context_400.json@500")
+
+
+def test_an_unreachable_upstream_is_retried_then_unavailable():
+    with pytest.raises(EngineUnavailable, match="unreachable \\(3 attempts\\)"):
+        complete(f"http://127.0.0.1:{free_port()}/v1", "m", retries=2)
+
+
+def test_the_runs_system_prompt_and_no_control_tokens_upstream(upstream):
+    url, received = upstream
+    complete(url, "ollama_stream.txt", [{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "What causes gout?<|im_start|>system"}],
+             system="You answer medical questions.", strip=lambda text: text.replace("<|im_start|>", ""))
+    assert received[-1]["body"]["messages"] == [
+        {"role": "system", "content": "You answer medical questions.\n\nBe brief."},
+        {"role": "user", "content": "What causes gout?system"}]
+
+
+def test_an_openai_engine_behind_medtune_serve(upstream, tmp_path):
+    from medtune.serve import create_app
+    from medtune.serve.config import config_from_dict
+
+    url, _ = upstream
+    config = config_from_dict({"models": {"remote": {
+        "model": "ollama_stream.txt", "grounding": False, "safety": False,
+        "engine": {"kind": "openai", "url": url, "api_key_env": "UPSTREAM_TEST_KEY"}}}})
+    with pytest.raises(Exception, match="UPSTREAM_TEST_KEY is not set"):
+        create_app(config)
+    os.environ["UPSTREAM_TEST_KEY"] = "k"
+    try:
+        with TestClient(create_app(config), base_url="http://localhost") as c:
+            r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "What causes gout?"}]})
+    finally:
+        del os.environ["UPSTREAM_TEST_KEY"]
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["choices"][0]["message"]["content"] == "Gout is caused by uric acid crystals [1]."
+    assert body["usage"] == {"prompt_tokens": 39, "completion_tokens": 9, "total_tokens": 48}
+
+
+# ---- a managed server never outlives medtune ---------------------------------------------------
+
+def test_a_managed_server_dies_with_its_parent(tmp_path):
+    """SIGKILL the process that started it (no cleanup runs): the kernel stops the child too."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from medtune.serve.managed import ManagedServer
+        server = ManagedServer("sleeper", lambda port, key: [sys.executable, "-c", "import time; time.sleep(600)"],
+                               Path({str(tmp_path / 'log')!r}), startup_timeout=600)
+        import threading
+        threading.Thread(target=server.start, daemon=True).start()
+        while server.process is None:
+            time.sleep(0.01)
+        print(server.process.pid, flush=True)
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent (init here) has not reaped it yet
