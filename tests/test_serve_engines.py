@@ -104,8 +104,16 @@ def test_upstream_refusals_become_ours(upstream, caplog):
 
 
 def test_an_unreachable_upstream_is_retried_then_unavailable():
+    from medtune.serve import create_app
+    from medtune.serve.config import config_from_dict
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(EngineUnavailable, match="unreachable \\(3 attempts\\)"):
-        complete(f"http://127.0.0.1:{free_port()}/v1", "m", retries=2)
+        complete(url, "m", retries=2)
+    config = config_from_dict({"models": {"remote": {"model": "m", "engine": {"kind": "openai", "url": url, "retries": 0}}}})
+    with TestClient(create_app(config), base_url="http://localhost") as c:
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "What causes gout?"}]})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable" and r.headers["retry-after"]
 
 
 def test_the_runs_system_prompt_and_no_control_tokens_upstream(upstream):

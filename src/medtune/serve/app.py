@@ -21,6 +21,7 @@ from medtune import DEFAULT_MODEL
 from medtune.serve import openapi
 from medtune.serve.config import ServeConfig, ServeConfigError, config_from_dict, load_config
 from medtune.serve.engine import ContextTooLong, EngineBusy, EngineTimeout, GenerationFailed, RequestRejected
+from medtune.serve.upstream import EngineUnavailable
 from medtune.serve.protocol import APIError, ChatRequest, Reply, RetrieveRequest, parse_body, sse, usage
 from medtune.serve.runtime import Delta, Outcome, ServedModel, load_models
 
@@ -125,6 +126,8 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
         if isinstance(exc, EngineBusy):
             return APIError(429, str(exc), type="rate_limit_error", code="server_busy",
                             headers={"Retry-After": str(exc.retry_after)})
+        if isinstance(exc, EngineUnavailable):
+            return APIError(503, str(exc), type="server_error", code="engine_unavailable", headers={"Retry-After": "5"})
         if isinstance(exc, GenerationFailed):  # already logged under its id
             return APIError(500, str(exc), type="server_error")
         return internal_error(exc)
