@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from medtune.predict import Predictor  # noqa: E402
 from medtune.serve import create_app  # noqa: E402
 from medtune.serve.config import ServeConfigError, config_from_dict, load_config  # noqa: E402
-from medtune.serve.engine import ContextTooLong, Engine, EngineBusy, EngineTimeout, RowDecoder  # noqa: E402
+from medtune.engines.batching import ContextTooLong, Engine, EngineBusy, EngineTimeout, RowDecoder  # noqa: E402
 from medtune.serve.runtime import with_history  # noqa: E402
 
 QUESTIONS = ["What causes gout ?", "How to treat asthma and what are the symptoms of lupus ?", "hi",
@@ -149,7 +149,7 @@ def test_greedy_rows_of_a_sampling_batch_stay_greedy(predictor):
 
 def test_row_sampling_keeps_each_rows_top_p_and_temperature():
     import torch
-    from medtune.serve.engine import RowSampling, Sampling
+    from medtune.engines.batching import RowSampling, Sampling
 
     scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 3))
     out = RowSampling([Sampling(False), Sampling(True, 1.0, 0.7), Sampling(True, 1.0, 1.0)], top_k=3)(None, scores)
@@ -379,7 +379,7 @@ def test_config_from_yaml(tmp_path):
 
 
 def test_vllm_engine_fails_at_startup_when_missing(predictor, monkeypatch):
-    from medtune.serve.managed import EngineSetupError
+    from medtune.engines.managed import EngineSetupError
 
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
     config = config_from_dict({"models": {"tiny": {"model": "x", "engine": {"kind": "vllm"}}}})
@@ -388,7 +388,7 @@ def test_vllm_engine_fails_at_startup_when_missing(predictor, monkeypatch):
 
 
 def test_vllm_command(tmp_path, monkeypatch):
-    import medtune.serve.engines as engines
+    import medtune.engines as engines
 
     monkeypatch.setattr(engines.importlib.util, "find_spec", lambda name: object())
     monkeypatch.setattr(engines.shutil, "which", lambda name: "/usr/bin/vllm")

@@ -21,8 +21,8 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from medtune.serve.engine import ContextTooLong, EngineBusy, GenerationFailed  # noqa: E402
-from medtune.serve.upstream import EngineUnavailable, UpstreamEngine  # noqa: E402
+from medtune.engines.batching import ContextTooLong, EngineBusy, GenerationFailed  # noqa: E402
+from medtune.engines.upstream import EngineUnavailable, UpstreamEngine  # noqa: E402
 from test_serve import free_port, start_server  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
@@ -155,7 +155,7 @@ def test_a_managed_server_dies_with_its_parent(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from medtune.serve.managed import ManagedServer
+        from medtune.engines.managed import ManagedServer
         server = ManagedServer("sleeper", lambda port, key: [sys.executable, "-c", "import time; time.sleep(600)"],
                                Path({str(tmp_path / 'log')!r}), startup_timeout=600)
         import threading

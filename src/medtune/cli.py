@@ -397,7 +397,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from medtune.quantize import QuantizeError
     from medtune.rag.index import IndexMismatch
     from medtune.recipe import RecipeError
-    from medtune.serve.managed import EngineSetupError
+    from medtune.engines.managed import EngineSetupError
 
     return (RecipeError, DataError, ModelNotAvailable, TaskError, IndexMismatch, MergeError, QuantizeError, OutputInUse,
             EngineSetupError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,9 @@ from transformers import AutoModelForCausalLM
 
 from medtune.io import build_dir_atomic
 from medtune.merge.adapter import merge_adapter
-from medtune.models import MODEL_CARD, ResolvedModel, load_model, load_quantized, load_tokenizer, read_card, resolve_model, write_card
+from medtune.logs import log
+from medtune.models import (MODEL_CARD, ResolvedModel, cache_dir, load_model, load_quantized, load_tokenizer, read_card,
+                            resolve_model, write_card)
 from medtune.quantize.gguf import check_gguf, gguf_note, gguf_sizes, write_gguf
 from medtune.quantize.gpu_methods import quantize_on_gpu
 from medtune.quantize.methods import QuantizeError, check_method
@@ -172,3 +175,28 @@ def _note(model, details: dict, source_parameters: int) -> str:
             if details.get("int8_layers") else "")
     return (f"Linear layers quantized{kept}; the input embedding ({embedding.numel() / 1e6:.1f}M of "
             f"{source_parameters / 1e6:.1f}M parameters) stays in {details['dtype']}, output head {head_state}.")
+
+
+def cached_gguf(ref: str | Path, gguf_type: str = "q8_0") -> Path:
+    """`ref` (a run, a model folder or a hub id) as a GGUF file for llama.cpp: a GGUF export is used as
+    it is; anything else is converted once by `quantize(method="gguf")` into medtune's cache, under a
+    hash of the model's files (a retrained run gets a new file, an unchanged one its old file)."""
+    model_dir, card = read_card(ref)
+    if card.get("quantization", {}).get("format") == "gguf":
+        return next(Path(model_dir).glob("*.gguf"))
+    folder = Path(model_dir) if model_dir else _folder(resolve_model(str(ref)))
+    out = cache_dir() / "gguf" / f"{_content_hash(folder)[:16]}-{gguf_type}"
+    if not (out / MODEL_CARD).is_file():
+        log.info("converting %s to GGUF %s for llama.cpp (once; cached in %s)", ref, gguf_type, out)
+        quantize(ref, "gguf", out, gguf_type=gguf_type, eval_texts=[])
+    return next(out.glob("*.gguf"))
+
+
+def _content_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{path.stat().st_size}\0".encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -20,8 +20,8 @@ from medtune.predict import Predictor
 from medtune import DEFAULT_MODEL
 from medtune.serve import openapi
 from medtune.serve.config import ServeConfig, ServeConfigError, config_from_dict, load_config
-from medtune.serve.engine import ContextTooLong, EngineBusy, EngineTimeout, GenerationFailed, RequestRejected
-from medtune.serve.upstream import EngineUnavailable
+from medtune.engines.batching import ContextTooLong, EngineBusy, EngineTimeout, GenerationFailed, RequestRejected
+from medtune.engines.upstream import EngineUnavailable
 from medtune.serve.protocol import APIError, ChatRequest, Reply, RetrieveRequest, parse_body, sse, usage
 from medtune.serve.runtime import Delta, Outcome, ServedModel, load_models
 

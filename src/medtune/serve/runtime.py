@@ -9,7 +9,7 @@ from typing import AsyncIterator, Literal
 
 from medtune.predict import Predictor
 from medtune.serve.config import ServeConfig, ServedModelConfig
-from medtune.serve.engine import EngineTimeout
+from medtune.engines.batching import EngineTimeout
 
 log = logging.getLogger("medtune.serve")
 
@@ -36,7 +36,7 @@ class Outcome:
 class ServedModel:
     name: str
     config: ServedModelConfig
-    engine: object  # medtune.serve.engine.Engine, or .upstream.UpstreamEngine for a server (medtune.serve.engines)
+    engine: object  # medtune.engines.batching.Engine, or .upstream.UpstreamEngine for a server (medtune.engines)
     answerer: object | None = None  # medtune.rag.answer.Answerer; None: plain chat
     retriever: object | None = None  # medtune.rag.retrieve.Retriever over the model's index
 
@@ -105,7 +105,7 @@ def load_models(config: ServeConfig, predictors: dict[str, Predictor] | None = N
     """Every configured model and its engine, started now so that a bad reference or a missing engine
     fails at startup, not on a request. `predictors` (by served name) skips loading transformers
     models; names sharing a model reference share its weights."""
-    from medtune.serve.engines import make_engine
+    from medtune.engines import make_engine
 
     predictors = dict(predictors or {})
     by_ref: dict[str, Predictor] = {}
@@ -118,7 +118,9 @@ def load_models(config: ServeConfig, predictors: dict[str, Predictor] | None = N
                 if name not in predictors and cfg.model not in by_ref:
                     by_ref[cfg.model] = Predictor.from_pretrained(cfg.model)
                 predictor = predictors.get(name) or by_ref[cfg.model]
-            engine = make_engine(name, cfg, config.limits, config.batching, predictor)
+            engine = make_engine(cfg.model, cfg.engine, cfg.generation, predictor=predictor, name=name,
+                                 max_batch_size=config.batching.max_batch_size, batch_wait_ms=config.batching.batch_wait_ms,
+                                 max_queue=config.batching.max_queue, context=config.limits.max_context_tokens)
             model = served[name] = ServedModel(name, cfg, engine, retriever=_retriever(cfg.index) if cfg.index else None)
             if cfg.safety:
                 from medtune.rag.answer import Answerer

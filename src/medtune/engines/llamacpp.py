@@ -4,15 +4,14 @@ llama-server is built from the llama.cpp that the llama-cpp-python sdist vendors
 release scripts/get_llama_cpp.sh takes the GGUF converter from) and cached under
 $MEDTUNE_CACHE/llama.cpp/build/bin, next to the converter, with llama-quantize (which also gives
 `medtune quantize --method gguf` its k-quants). It is compiled for this machine's CPU, so the cache
-belongs to one machine. The served model is medtune's own GGUF export, cached by a hash of the
-model's files. `llama_server_command` is what medtune.serve.managed runs, on loopback, with N
+belongs to one machine. The served model is medtune's own GGUF export
+(medtune.quantize.gguf.cached_gguf). `llama_server_command` is what medtune.engines.managed runs, on loopback, with N
 parallel slots (continuous batching).
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -23,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from medtune.models import cache_dir
-from medtune.serve.managed import EngineSetupError
+from medtune.engines.managed import EngineSetupError
 
 log = logging.getLogger("medtune.serve")
 
@@ -114,36 +113,6 @@ def _step(command: list, logfile: Path) -> None:
         tail = logfile.read_text(errors="replace").splitlines()[-15:]
         raise EngineSetupError(f"building llama.cpp failed ({command[0]} {command[1]}); the end of {logfile}:\n"
                                + "\n".join(tail))
-
-
-# ---- the served model ----------------------------------------------------------------------
-
-
-def served_gguf(ref: str, gguf_type: str = "q8_0") -> Path:
-    """`ref` (a run, a model folder or a hub id) as a GGUF file, converted once by `medtune quantize
-    --method gguf` and cached under a hash of the model's files (a retrained run gets a new file)."""
-    from medtune.models import read_card, resolve_model
-    from medtune.quantize.convert import _folder, quantize
-
-    model_dir, card = read_card(ref)
-    if "quantization" in card and card["quantization"].get("format") == "gguf":
-        return next(Path(model_dir).glob("*.gguf"))  # already a GGUF export: serve it as it is
-    folder = Path(model_dir) if model_dir else _folder(resolve_model(ref))
-    out = cache_dir() / "gguf" / f"{_content_hash(folder)[:16]}-{gguf_type}"
-    if not out.is_dir():
-        log.info("converting %s to GGUF %s for llama.cpp (once)", ref, gguf_type)
-        quantize(ref, "gguf", out, gguf_type=gguf_type, eval_texts=[])
-    return next(out.glob("*.gguf"))
-
-
-def _content_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{path.stat().st_size}\0".encode())
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def llama_server_command(gguf: Path, *, parallel: int, context: int, threads: int | None = None):

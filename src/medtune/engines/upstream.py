@@ -17,7 +17,7 @@ from typing import AsyncIterator
 
 import httpx
 
-from medtune.serve.engine import (SAMPLING_EPS, Completion, ContextTooLong, EngineBusy, EngineTimeout,
+from medtune.engines.batching import (SAMPLING_EPS, Completion, ContextTooLong, EngineBusy, EngineTimeout,
                                   GenerationFailed, RequestRejected, Trimmed)
 
 log = logging.getLogger("medtune.serve")

@@ -1,8 +1,11 @@
-"""One engine per served model, from its `engine:` config: transformers in this process, or an
-OpenAI-compatible server (llama.cpp's or vLLM's, run by medtune; or any other, by URL).
+"""Engines that generate chat answers: transformers in this process (batching.Engine), or an
+OpenAI-compatible server (upstream.UpstreamEngine): llama.cpp's or vLLM's, run by medtune
+(managed.ManagedServer), or any other, by URL.
 
-Every engine has the same surface (`submit` → a job of text deltas and a Completion, `close`), so
-the safety layer, grounding and citations run the same over all of them.
+Every engine has the same surface (`submit` → a job of text deltas, then a Completion; `close`),
+so the server's safety layer, grounding and citations, and `ask` and `eval`, work the same over
+all of them. This stage comes after quantize (llama.cpp serves medtune's own GGUF export) and
+before eval, rag and serve, which use it.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import logging
 import os
 import shutil
 
+from medtune.engines.config import EngineConfig
+from medtune.engines.managed import EngineSetupError, ManagedServer
+from medtune.engines.upstream import UpstreamEngine
 from medtune.models import cache_dir, read_card
-from medtune.serve.config import Batching, Limits, ServedModelConfig, ServeConfigError
-from medtune.serve.managed import EngineSetupError, ManagedServer
-from medtune.serve.upstream import UpstreamEngine
+from medtune.recipe import GenerationConfig
 
 log = logging.getLogger("medtune.serve")
 
@@ -47,37 +51,39 @@ class ManagedEngine(UpstreamEngine):
         self.server.close()
 
 
-def make_engine(name: str, cfg: ServedModelConfig, limits: Limits, batching: Batching, predictor=None):
-    """The engine of served model `name`; `predictor` (transformers only) skips loading the weights."""
-    kind = cfg.engine.kind
+def make_engine(model: str, cfg: EngineConfig | None = None, generation: GenerationConfig | None = None, *,
+                predictor=None, name: str = "model", max_batch_size: int = 16, batch_wait_ms: float = 15.0,
+                max_queue: int = 64, context: int | None = None):
+    """The engine that generates with `model` (a run, a model folder or a hub id) as `cfg` says, started.
+    `predictor` (transformers only) skips loading the weights; `name` names its server's log file;
+    `context` (transformers) overrides the model's own context length."""
+    cfg = cfg or EngineConfig()
+    kind = cfg.kind
     if kind == "transformers":
+        from medtune.engines.batching import Engine
         from medtune.predict import Predictor
-        from medtune.serve.engine import Engine
 
-        return Engine(predictor or Predictor.from_pretrained(cfg.model), cfg.generation,
-                      max_batch_size=batching.max_batch_size, batch_wait_ms=batching.batch_wait_ms,
-                      max_queue=batching.max_queue, context=limits.max_context_tokens or "model")
-    common = dict(default_max_tokens=cfg.generation.max_new_tokens, connect_timeout=cfg.engine.connect_timeout_s,
-                  retries=cfg.engine.retries, max_pending=batching.max_queue + cfg.engine.parallel)
+        return Engine(predictor or Predictor.from_pretrained(model), generation, max_batch_size=max_batch_size,
+                      batch_wait_ms=batch_wait_ms, max_queue=max_queue, context=context or "model")
+    common = dict(default_max_tokens=(generation or GenerationConfig()).max_new_tokens,
+                  connect_timeout=cfg.connect_timeout_s, retries=cfg.retries, max_pending=max_queue + cfg.parallel)
     if kind == "openai":
-        key = os.environ.get(cfg.engine.api_key_env) if cfg.engine.api_key_env else None
-        if cfg.engine.api_key_env and not key:
-            raise ServeConfigError(f"models.{name}.engine.api_key_env: ${cfg.engine.api_key_env} is not set")
-        system, strip = _prompting(cfg.model, must_exist=False)
-        return UpstreamEngine(cfg.engine.url, cfg.engine.upstream_model or cfg.model, api_key=key,
-                              system=system, strip=strip, **common)
+        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        if cfg.api_key_env and not key:
+            raise EngineSetupError(f"{name}: engine.api_key_env: ${cfg.api_key_env} is not set")
+        system, strip = _prompting(model, must_exist=False)
+        return UpstreamEngine(cfg.url, cfg.upstream_model or model, api_key=key, system=system, strip=strip, **common)
     logs = cache_dir() / "logs" / f"{name.replace('/', '_')}-{kind}.log"
     if kind == "llama.cpp":
-        from medtune.serve.llamacpp import llama_server_command, served_gguf
+        from medtune.engines.llamacpp import llama_server_command
+        from medtune.quantize.convert import cached_gguf
 
-        gguf = served_gguf(cfg.model, cfg.engine.gguf_type)
-        command = llama_server_command(gguf, parallel=cfg.engine.parallel,
-                                       context=cfg.engine.context or _slot_context(cfg.model), threads=cfg.engine.threads)
+        command = llama_server_command(cached_gguf(model, cfg.gguf_type), parallel=cfg.parallel,
+                                       context=cfg.context or _slot_context(model), threads=cfg.threads)
         server = ManagedServer("llama-server", command, logs)
     else:
-        server = ManagedServer("vllm", vllm_command(cfg.model, cfg.engine.parallel), logs,
-                               env=lambda key: {"VLLM_API_KEY": key})
-    system, strip = _prompting(cfg.model, must_exist=True)
+        server = ManagedServer("vllm", vllm_command(model, cfg.parallel), logs, env=lambda key: {"VLLM_API_KEY": key})
+    system, strip = _prompting(model, must_exist=True)
     try:
         return ManagedEngine(server, "medtune", system=system, strip=strip, **common)
     except EngineSetupError:
