@@ -402,8 +402,6 @@ def assistant(text):
     ],
 )
 def test_dose_change_anywhere_in_the_clients_messages_is_refused(rules, messages):
-    assert rules.check(messages[-1]["content"]).refusal is None or len(messages) == 1 or messages[-1]["role"] != "user" \
-        or rules.check_conversation(messages).refusal is not None
     assert rules.check_conversation(messages).refusal is not None
 
 

@@ -48,7 +48,7 @@ class ServedModel:
                     yield item
             yield Outcome(done.finish_reason, done.prompt_tokens, done.completion_tokens, None)
             return
-        prep = await asyncio.to_thread(self.answerer.prepare, messages[-1]["content"])
+        prep = await asyncio.to_thread(self.answerer.prepare, messages)  # the whole conversation is checked
         if prep.final is not None:  # refused, or nothing in the sources: nothing to generate
             for part in ("prefix", "body", "tail"):
                 if text := getattr(prep.final, part):
@@ -57,7 +57,7 @@ class ServedModel:
             return
         if prep.prefix:
             yield Delta(prep.prefix, "prefix")
-        async for item in self._generate(with_history(messages[:-1], prep.messages), generation):
+        async for item in self._generate(prep.messages, generation):
             if isinstance(item, Completion):
                 done = item
             else:
@@ -75,17 +75,6 @@ class ServedModel:
         finally:
             job.cancel()  # no-op once finished; otherwise the client went away: stop its row
         yield job.completion
-
-
-def with_history(earlier: list[dict], turn: list[dict]) -> list[dict]:
-    """The grounded last turn after the earlier conversation.
-
-    All system text goes first, in one message (the sources first, then the client's own): many
-    chat templates accept a system message only at the start of the conversation.
-    """
-    system = [m["content"] for m in turn + earlier if m["role"] == "system"]
-    rest = [m for m in earlier + turn if m["role"] != "system"]
-    return ([{"role": "system", "content": "\n\n".join(system)}] if system else []) + rest
 
 
 def load_models(config: ServeConfig, predictors: dict[str, Predictor] | None = None) -> dict[str, ServedModel]:
