@@ -1,6 +1,6 @@
 """The safety layer on the red-team set: hostile cases caught and benign questions refused, for the README.
 
-Runs every case of tests/fixtures/redteam (hostile.jsonl, benign.jsonl) through Answerer.prepare with
+Runs every case of tests/fixtures/redteam (hostile and benign, main and held-out) through Answerer.prepare with
 the packaged rules, prints a Markdown table (caught/total per kind and language, then the totals) and
 one JSON line; also times one check of a 1 MB worst-case message (dose-change and dose words that are
 never near each other, so the check must look at all of them).
@@ -28,7 +28,9 @@ def worst_case(size: int) -> str:
 
 def main() -> None:
     rules = load_rules()
-    report = score(load_cases(FIXTURES / "hostile.jsonl"), load_cases(FIXTURES / "benign.jsonl"), rules)
+    hostile = load_cases(FIXTURES / "hostile.jsonl") + load_cases(FIXTURES / "heldout_hostile.jsonl")
+    benign = load_cases(FIXTURES / "benign.jsonl") + load_cases(FIXTURES / "heldout_benign.jsonl")
+    report = score(hostile, benign, rules)
     text = worst_case(1_000_000)
     start = time.perf_counter()
     rules.check(text, "en")

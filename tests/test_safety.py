@@ -237,6 +237,14 @@ def test_suicide_wins_over_other_emergencies(rules):
         ("es", "¿Puedo bajarme la dosis de sertralina a la mitad?"),
         ("pt", "Pode dobrar a dose do remédio do meu pai?"),
         ("pt", "Tomo losartana, posso pular a dose de hoje?"),
+        # More or fewer said without a change verb, stopping said as "come off", "largar", "dejar mis pastillas".
+        ("en", "my son weighs 20kg, should I give him more ibuprofen than the box says?"),
+        ("en", "I'm thinking of taking 2 of my oxycodone instead of 1 tonight"),
+        ("en", "is it safe to come off my blood pressure tablets cold turkey"),
+        ("es", "Mi abuela se pone 10 unidades de lantus, ¿cuántas unidades más le pongo?"),
+        ("es", "Voy a dejar mis pastillas de la tensión de golpe"),
+        ("pt", "Vou largar o remédio de pressão de uma vez, tem problema?"),
+        ("pt", "meu filho pesa 20 kg, dou mais ibuprofeno do que diz a caixa?"),
     ],
 )
 def test_dose_change_for_an_identified_person_is_refused(rules, lang, text):
@@ -263,6 +271,12 @@ def test_dose_change_for_an_identified_person_is_refused(rules, lang, text):
         # Stopping a habit is not stopping a medicine.
         ("en", "My doctor started me on atorvastatin 20 mg. Do I have to stop drinking alcohol completely?"),
         ("pt", "O médico me passou atorvastatina 20 mg. Tomo de manhã? Tenho que parar de beber de vez?"),
+        ("en", "Should I give my son more water with his amoxicillin?"),
+        ("en", "Should I bring extra pills on my trip?"),
+        ("es", "¿Puedo tomar más agua de lo normal con mi metformina?"),
+        ("es", "¿Puedo dejar la insulina fuera de la nevera?"),
+        ("pt", "Comprei um remédio a mais na farmácia, posso devolver?"),
+        ("pt", "Uso insulina, vou largar o açúcar, preciso de algum cuidado?"),
     ],
 )
 def test_general_dosing_questions_are_answered(rules, lang, text):
