@@ -24,7 +24,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 @pytest.fixture(scope="module")
 def server(tiny_llama, index_dir):  # noqa: F811
     config = config_from_dict({"models": {"med": {"model": "unused", "index": index_dir, "k": 2,
-                                                  "generation": {"max_new_tokens": 16}}}, "api_key": "k"})
+                                                  "generation": {"max_new_tokens": 16}}}, "api_key": "k",
+                               "limits": {"max_context_tokens": 4096}})  # the tiny model's tokens are bytes (see test_serve)
     base, stop = start_server(create_app(config, predictors={"med": Predictor.from_pretrained(tiny_llama)}))
     yield base
     stop()
@@ -96,7 +97,8 @@ def hostile_index(tmp_path_factory):
 
 def test_page_links_only_web_urls(tiny_llama, hostile_index):
     config = config_from_dict({"models": {"med": {"model": "unused", "index": hostile_index, "k": 2,
-                                                  "generation": {"max_new_tokens": 8}}}})
+                                                  "generation": {"max_new_tokens": 8}}},
+                               "limits": {"max_context_tokens": 4096}})
     base, stop = start_server(create_app(config, predictors={"med": Predictor.from_pretrained(tiny_llama)}))
     try:
         with sync_api.sync_playwright() as p:

@@ -2,15 +2,32 @@
 
 Every rule and every user-facing message lives in `safety_rules.yaml` beside this module (its
 header explains how patterns and cues combine); this module validates that file and applies it.
-`SafetyRules.check(text)` says, in the question's language, which emergency advice must open
-the answer, whether the request is a dose change for an identified person (refused), and the
-notice that closes every answer.
+`SafetyRules.check_conversation(messages)` says, in the language of the last user message, which
+emergency advice must open the answer, whether the conversation asks for a dose change for an
+identified person (refused), and the notice that closes every answer; `check(text)` does the same
+for a single question. Text is read as `medtune.rag.normalize` prepares it, so invisible
+characters, look-alike letters and spelled-out or digit-for-letter words do not hide a request.
+
+What is read. User, system and developer messages: they are all the client's words, and a
+request moved from the user turn into a system message, or split over two turns, is the same
+request. An emergency counts in any of them ("I have crushing chest pain" three turns ago still
+gets the advice); a dose change counts within a message and across the messages joined in order
+("I use an inhaler for my asthma." then "Should I double the dose?"). A dose change asked
+anywhere in the conversation refuses every later answer: the model would read that request too.
+Assistant messages are not read: a client can write anything there, but a real earlier answer
+routinely discusses doses and emergencies in general terms (and our own refusal names "changing
+the dose"), so reading them would refuse benign follow-ups, and the server only ever generates a
+new turn after a user message. One exception: a reply that only assents ("yes", "go ahead",
+"sí", "pode") adopts the assistant's question before it, so that assistant message is read as
+the user's.
+
+How much is read: the last `MAX_CHARS` characters of the conversation (`window`); the caller
+generates from that same window, so the model never reads text the rules did not.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,19 +37,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medtune.io import read_yaml_mapping
 from medtune.rag.language import LANGUAGES, Language, detect_language
+from medtune.rag.normalize import clean, normalize, variants
 
 DEFAULT_RULES = Path(__file__).with_name("safety_rules.yaml")
 REQUIRED_MESSAGES = ("notice", "no_sources", "unsupported", "ungrounded", "supported_by", "bad_citation", "sources_heading")
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u00b4": "'", "`": "'"})
-
-
-def normalize(text: str) -> str:
-    """Accents stripped ("torácico" -> "toracico", "não" -> "nao"), apostrophes and spaces unified.
-
-    Case is kept so that a pattern can look for a capitalised name; matching ignores case otherwise.
-    """
-    decomposed = unicodedata.normalize("NFKD", text.translate(_APOSTROPHES))
-    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).split())
+# The most characters of a conversation the rules read, and so the most a grounded prompt may
+# hold. Far more than a question and its context need (a served model reads a few thousand
+# tokens); it keeps one check under a second while the server accepts bodies of up to 1 MB.
+MAX_CHARS = 64_000
+CHECKED_ROLES = ("user", "system", "developer")
+# A reply made only of these words adopts the assistant's question before it (see the module doc).
+_ASSENT = frozenset("yes yeah yep sure please go on ahead continue do it tell me sounds good "
+                    "si claro dale vale adelante sigue por favor sim pode manda continua isso".split())
 
 
 def _compile(pattern: str) -> re.Pattern:
@@ -182,13 +198,24 @@ class SafetyRules:
         return self.message("notice", language)
 
     def check(self, text: str, language: str | None = None) -> SafetyVerdict:
-        lang = _language(language) if language else detect_language(text)
-        norm = normalize(text)
+        """One question, checked as a conversation of one user message."""
+        return self.check_conversation([{"role": "user", "content": text}], language)
+
+    def check_conversation(self, messages: list[dict], language: str | None = None) -> SafetyVerdict:
+        """The verdict on `window(messages)`; reply language from the last user message unless given."""
+        messages = window(messages)
+        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        lang = _language(language) if language else detect_language(clean(last_user))
+        texts = [normalize(m["content"]) for m in _read(messages)]
+        readings = [variants(t) for t in texts]
         # Every language's patterns are tried (with its own cues), so a misdetected language
-        # still triggers; the messages are in the detected one.
-        rule = next((r for r, patterns in self._emergencies if self._fires(r, patterns, norm)), None)
+        # still triggers; the messages are in the detected one. Rules in file order: the first
+        # that fires in any message wins.
+        rule = next((r for r, patterns in self._emergencies
+                     if any(self._fires(r, patterns, v) for vs in readings for v in vs)), None)
         emergency = Emergency(rule.id, rule.category, rule.severity, self.message(rule.message, lang)) if rule else None
-        refused = any(self._dose_change(one, norm) for one in LANGUAGES)
+        joined = " ".join(texts)  # holds every message, so a change within one is found here too
+        refused = any(self._dose_change(one, v) for v in variants(joined) for one in LANGUAGES)
         return SafetyVerdict(
             language=lang,
             notice=self.notice(lang),
@@ -215,8 +242,48 @@ class SafetyRules:
         # The change must be about a medicine: "lower back pain ... medication" is not a dose change.
         changes = [m.span() for p in self._change[lang] for m in p.finditer(norm)]
         medicines = [m.span() for p in self._medication[lang] for m in p.finditer(norm)]
-        near = self.spec.dose_change.near
-        return any(max(a0, b0) - min(a1, b1) <= near for a0, a1 in changes for b0, b1 in medicines)
+        return _near(changes, medicines, self.spec.dose_change.near)
+
+
+def _near(a: list[tuple[int, int]], b: list[tuple[int, int]], near: int) -> bool:
+    """Whether a span of `a` and a span of `b` overlap or lie at most `near` characters apart.
+
+    One sweep in order of start, not every pair: a span need only be compared with the span of
+    the other list that reaches furthest among those starting no later, as any other one is at
+    least as far from it. One comparison per span, where all pairs took minutes on a long text.
+    """
+    reach = [-1 - near, -1 - near]  # furthest end so far in a, in b: "nothing yet" is never near
+    for start, end, side in sorted([(s, e, 0) for s, e in a] + [(s, e, 1) for s, e in b]):
+        if start - min(reach[1 - side], end) <= near:
+            return True
+        reach[side] = max(reach[side], end)
+    return False
+
+
+def window(messages: list[dict], limit: int = MAX_CHARS) -> list[dict]:
+    """The latest messages holding at most `limit` characters: older ones dropped, and the oldest
+    one kept cut to its end (a long question ends with what it asks)."""
+    kept, left = [], limit
+    for m in reversed(messages):
+        if left <= 0:
+            break
+        content = m["content"] if len(m["content"]) <= left else m["content"][-left:]
+        kept.append({**m, "content": content})
+        left -= len(content)
+    return kept[::-1]
+
+
+def _read(messages: list[dict]) -> list[dict]:
+    """The messages the rules read: the client's own, and an assistant turn its reply assents to."""
+    read = [m for m in messages if m["role"] in CHECKED_ROLES]
+    if len(messages) > 1 and messages[-2]["role"] == "assistant" and _assents(messages[-1]):
+        read.append(messages[-2])
+    return read
+
+
+def _assents(message: dict) -> bool:
+    words = re.findall(r"\w+", normalize(message["content"]).lower())
+    return message["role"] == "user" and 0 < len(words) <= 5 and set(words) <= _ASSENT
 
 
 def _any(patterns: list[re.Pattern], text: str) -> bool:

@@ -52,14 +52,15 @@ class ServedModel:
                 yield item
             yield Outcome(job.completion.finish_reason, job.completion.prompt_tokens, job.completion.completion_tokens, None)
             return
-        prep = await _within(asyncio.to_thread(self.answerer.prepare, messages[-1]["content"]), ends, loop)
+        # The whole conversation is checked; the safety check and retrieval count in the timeout.
+        prep = await _within(asyncio.to_thread(self.answerer.prepare, messages), ends, loop)
         if prep.final is not None:  # refused, or nothing in the sources: nothing to generate
             for part in ("prefix", "body", "tail"):
                 if text := getattr(prep.final, part):
                     yield Delta(text, "answer" if part == "body" else part)
             yield Outcome("stop", 0, 0, prep.final.to_dict())
             return
-        job = await self.engine.submit(with_history(messages[:-1], prep.messages), timeout=_left(ends, loop), **generation)
+        job = await self.engine.submit(prep.messages, timeout=_left(ends, loop), **generation)
         if prep.prefix:
             yield Delta(prep.prefix, "prefix")
         async for item in _stream(job):
@@ -88,17 +89,6 @@ async def _within(work, ends: float | None, loop):
         return await asyncio.wait_for(work, _left(ends, loop))
     except TimeoutError:
         raise EngineTimeout("the request timed out before the answer was complete") from None
-
-
-def with_history(earlier: list[dict], turn: list[dict]) -> list[dict]:
-    """The grounded last turn after the earlier conversation.
-
-    All system text goes first, in one message (the sources first, then the client's own): many
-    chat templates accept a system message only at the start of the conversation.
-    """
-    system = [m["content"] for m in turn + earlier if m["role"] == "system"]
-    rest = [m for m in earlier + turn if m["role"] != "system"]
-    return ([{"role": "system", "content": "\n\n".join(system)}] if system else []) + rest
 
 
 def load_models(config: ServeConfig, predictors: dict[str, Predictor] | None = None) -> dict[str, ServedModel]:
