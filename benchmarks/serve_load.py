@@ -67,7 +67,9 @@ def baseline(predictor, n: int, max_tokens: int) -> dict:
     return summary("sequential generate_chat", 1, n, 0, wall, tokens, latencies)
 
 
-async def load(base: str, clients: int, n: int, max_tokens: int) -> dict:
+async def load(base: str, clients: int, n: int, max_tokens: int, *, name: str = "server (batching engine)",
+               headers: dict | None = None, temperature: float | None = None) -> dict:
+    """`clients` concurrent clients send `n` chat completions to `base` in all; `headers` go with each."""
     import httpx
 
     latencies, tokens, errors, next_i = [], 0, [], 0
@@ -78,6 +80,8 @@ async def load(base: str, clients: int, n: int, max_tokens: int) -> dict:
             i, next_i = next_i, next_i + 1
             body = {"model": "bench", "max_tokens": max_tokens,
                     "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]}
+            if temperature is not None:
+                body["temperature"] = temperature
             t = time.perf_counter()
             try:
                 r = await http.post(f"{base}/v1/chat/completions", json=body)
@@ -89,11 +93,11 @@ async def load(base: str, clients: int, n: int, max_tokens: int) -> dict:
             except httpx.HTTPError as exc:
                 errors.append(repr(exc))
 
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients)) as http:
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients), headers=headers) as http:
         start = time.perf_counter()
         await asyncio.gather(*[client(http) for _ in range(clients)])
         wall = time.perf_counter() - start
-    result = summary("server (batching engine)", clients, n, len(errors), wall, tokens, latencies)
+    result = summary(name, clients, n, len(errors), wall, tokens, latencies)
     result["error_samples"] = errors[:5]
     return result
 

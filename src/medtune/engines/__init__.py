@@ -22,7 +22,7 @@ from medtune.engines.upstream import UpstreamEngine
 from medtune.models import cache_dir, read_card
 from medtune.recipe import GenerationConfig
 
-log = logging.getLogger("medtune.serve")
+log = logging.getLogger("medtune.engines")
 
 DEFAULT_SLOT_CONTEXT = 4096  # llama.cpp: the KV cache is allocated up front, for every slot
 

@@ -26,7 +26,7 @@ from transformers.generation.streamers import BaseStreamer
 from medtune.predict import Predictor
 from medtune.recipe import GenerationConfig
 
-log = logging.getLogger("medtune.serve")
+log = logging.getLogger("medtune.engines")
 
 SAMPLING_EPS = 1e-5  # as vLLM: below this a temperature is greedy decoding
 

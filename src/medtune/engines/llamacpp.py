@@ -24,7 +24,7 @@ from pathlib import Path
 from medtune.models import cache_dir
 from medtune.engines.managed import EngineSetupError
 
-log = logging.getLogger("medtune.serve")
+log = logging.getLogger("medtune.engines")
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the sdist that vendors llama.cpp (as in scripts/get_llama_cpp.sh)
 TARGETS = ("llama-server", "llama-quantize")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-log = logging.getLogger("medtune.serve")
+log = logging.getLogger("medtune.engines")
 
 
 class EngineSetupError(RuntimeError):

@@ -20,7 +20,7 @@ import httpx
 from medtune.engines.batching import (SAMPLING_EPS, Completion, ContextTooLong, EngineBusy, EngineTimeout,
                                   GenerationFailed, RequestRejected, Trimmed)
 
-log = logging.getLogger("medtune.serve")
+log = logging.getLogger("medtune.engines")
 
 
 class EngineUnavailable(RuntimeError):
