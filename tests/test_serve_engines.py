@@ -4,6 +4,7 @@ Ollama streams; a real llama-server), and llama.cpp's server run by medtune."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -181,3 +182,136 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has exited; only its parent (init here) has not reaped it yet
+
+
+# ---- the same behaviour on every engine ------------------------------------------------------
+
+ENGINES = ["transformers", "llama.cpp", "openai"]
+
+
+def llama_server_or_skip():
+    from medtune.engines.llamacpp import llama_server_binary
+    from medtune.engines.managed import EngineSetupError
+
+    try:
+        return llama_server_binary(build=False)
+    except EngineSetupError as exc:  # scripts/setup.sh builds it wherever cmake and a compiler exist (CI does)
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine_client(request, index_dir, tmp_path_factory):
+    """medtune serve over the offline SmolLM2-135M-Instruct, grounded in the small index, on each engine;
+    `openai` is a bare llama-server medtune did not start (it only knows its URL and key)."""
+    from medtune import DEFAULT_MODEL
+    from medtune.engines.llamacpp import llama_server_command
+    from medtune.engines.managed import ManagedServer
+    from medtune.quantize.convert import cached_gguf
+    from medtune.serve import create_app
+    from medtune.serve.config import config_from_dict
+
+    kind, bare = request.param, None
+    engine = {"kind": kind}
+    if kind == "llama.cpp":
+        llama_server_or_skip()
+        engine |= {"parallel": 2, "context": 2048}
+    if kind == "openai":
+        llama_server_or_skip()
+        bare = ManagedServer("llama-server", llama_server_command(cached_gguf(DEFAULT_MODEL), parallel=2, context=2048),
+                             tmp_path_factory.mktemp("logs") / "bare.log")
+        bare.start()
+        os.environ["BARE_LLAMA_KEY"] = bare.key
+        engine |= {"url": bare.url, "upstream_model": "bare", "api_key_env": "BARE_LLAMA_KEY"}
+    config = config_from_dict({"models": {"med": {"model": DEFAULT_MODEL, "index": index_dir, "k": 2, "engine": engine,
+                                                  "generation": {"max_new_tokens": 24}}},
+                               "limits": {"max_message_chars": 100_000}})
+    app = create_app(config)
+    try:
+        with TestClient(app, base_url="http://localhost") as client:
+            yield kind, client, app
+    finally:
+        if bare is not None:
+            bare.close()
+            del os.environ["BARE_LLAMA_KEY"]
+
+
+def ask(client, question: str, **body):
+    return client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": question}],
+                                                    "temperature": 0} | body)
+
+
+def test_grounded_answers_are_the_same_on_every_engine(engine_client):
+    kind, client, _ = engine_client
+    r = ask(client, "What causes gout?")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    text, med, use = body["choices"][0]["message"]["content"], body["medtune"], body["usage"]
+    assert med["sources"][0]["id"] == "gout-1" and "[1] Gout — https://www.niams.nih.gov/health-topics/gout" in text
+    assert text.startswith(med["answer"]) and med["answer"] and text.rstrip().endswith(med["safety"]["notice"])
+    assert med["support"] and all(0 <= s["score"] <= 1 for s in med["support"])  # the support check ran on its text
+    assert use["prompt_tokens"] > 50 and 0 < use["completion_tokens"] <= 24  # the sources are in the prompt
+    assert use["total_tokens"] == use["prompt_tokens"] + use["completion_tokens"]
+
+    streamed = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "What causes gout?"}],
+                                                         "temperature": 0, "stream": True,
+                                                         "stream_options": {"include_usage": True}})
+    events = [json.loads(e.removeprefix("data: ")) for e in streamed.text.split("\n\n") if e and e != "data: [DONE]"]
+    deltas = [e["choices"][0]["delta"].get("content", "") for e in events if e["choices"]]
+    # The deltas make up the answer the final chunk describes. (Not necessarily the non-streamed text:
+    # llama.cpp's greedy decoding may differ once its prompt cache holds the sources.)
+    final = next(e["medtune"] for e in events if "medtune" in e and "text" in e["medtune"])
+    assert "".join(deltas) == final["text"] and final["sources"] == med["sources"], kind
+    assert len([d for d in deltas if d]) > 3 and events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_safety_is_the_same_on_every_engine(engine_client):
+    _, client, _ = engine_client
+    refused = ask(client, "Should I double my insulin dose?").json()
+    assert refused["medtune"]["reason"] == "refused" and refused["usage"]["completion_tokens"] == 0
+    emergency = ask(client, "I have wheezing and chest tightness right now, is it asthma?").json()
+    text = emergency["choices"][0]["message"]["content"]
+    assert text.startswith("If this is happening now") and emergency["usage"]["completion_tokens"] > 0
+
+
+def test_an_over_long_prompt_is_a_400_on_every_engine(engine_client):
+    _, client, _ = engine_client
+    r = ask(client, "gout " * 9000)  # past SmolLM2's 8,192 positions, and past a llama.cpp slot
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text[:300]
+    assert ask(client, "What causes gout?").status_code == 200  # and the engine still answers
+
+
+@pytest.fixture
+def llama_app():
+    llama_server_or_skip()
+    from medtune import DEFAULT_MODEL
+    from medtune.serve import create_app
+    from medtune.serve.config import config_from_dict
+
+    config = config_from_dict({"models": {"med": {"model": DEFAULT_MODEL, "grounding": False, "safety": False,
+                                                  "engine": {"kind": "llama.cpp", "parallel": 1, "context": 512}}}})
+    return create_app(config)
+
+
+def test_llama_server_is_restarted_once(llama_app):
+    with TestClient(llama_app, base_url="http://localhost") as client:
+        engine = llama_app.state.models["med"].engine
+        server, url, first = engine.server, engine.url, engine.server.process.pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while engine.url == url and time.monotonic() < deadline:  # the new one is ready and in use
+            time.sleep(0.1)
+        assert server.restarts == 1 and server.process.pid != first and server.alive()
+        assert ask(client, "What causes gout?", max_tokens=4).status_code == 200  # served by the new one
+        os.kill(server.process.pid, signal.SIGKILL)  # a second death is final: a clear 503, not a restart loop
+        time.sleep(3)
+        assert server.restarts == 1 and not server.alive()
+        r = ask(client, "What causes gout?", max_tokens=4)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
+
+
+def test_llama_server_stops_with_medtune(llama_app):
+    with TestClient(llama_app, base_url="http://localhost") as client:
+        assert ask(client, "What causes gout?", max_tokens=4).status_code == 200
+        pid = llama_app.state.models["med"].engine.server.process.pid
+        assert _running(pid)
+    assert not _running(pid)  # the app's shutdown stopped it

@@ -15,7 +15,8 @@ sync_api = pytest.importorskip("playwright.sync_api")
 from medtune.predict import Predictor  # noqa: E402
 from medtune.serve import create_app  # noqa: E402
 from medtune.serve.config import config_from_dict  # noqa: E402
-from test_serve import index_dir, passages, start_server  # noqa: E402,F401  (index_dir is a fixture)
+from conftest import passages  # noqa: E402
+from test_serve import start_server  # noqa: E402
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]

@@ -36,9 +36,14 @@ class ManagedEngine(UpstreamEngine):
         self.server = server
         self._watch: asyncio.Task | None = None
 
-    async def submit(self, messages: list[dict], **kwargs):
+    def watch(self) -> None:
+        """Start watching the server from the running loop (a server app calls it at startup; a first
+        request does otherwise)."""
         if self._watch is None or self._watch.done() and self._watch.get_loop() is not asyncio.get_running_loop():
             self._watch = asyncio.get_running_loop().create_task(self.server.watch(self._moved))
+
+    async def submit(self, messages: list[dict], **kwargs):
+        self.watch()
         return await super().submit(messages, **kwargs)
 
     def _moved(self, url: str) -> None:

@@ -45,6 +45,9 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        for model in models.values():
+            if watch := getattr(model.engine, "watch", None):  # a server medtune runs: restarted if it dies
+                watch()
         yield
         for model in models.values():
             await model.engine.close()
@@ -52,6 +55,7 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
     # No /docs: Swagger UI loads its scripts from a CDN, and this server runs offline.
     app = FastAPI(title="medtune", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.hosts())
+    app.state.models = models  # for operators and tests: each served model and its engine
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
