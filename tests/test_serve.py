@@ -183,17 +183,17 @@ def test_full_queue_is_refused_with_a_retry_time(predictor, monkeypatch):
 
 def test_context_is_the_models(predictor):
     engine = Engine(predictor)
-    assert engine.context == 512 == predictor.model.config.max_position_embeddings
-    long = "gout " * 600
+    assert engine.context == 2048 == predictor.model.config.max_position_embeddings
+    long = "gout " * 2500
 
     async def run(messages, max_tokens):
         return await engine.complete(messages, max_tokens=max_tokens)
 
-    with pytest.raises(ContextTooLong, match="context is 512 tokens"):
+    with pytest.raises(ContextTooLong, match="context is 2048 tokens"):
         asyncio.run(run(user(long), 4))
     n = len(predictor.tokenizer("What causes gout ?")["input_ids"])
-    with pytest.raises(ContextTooLong, match=f"{n} in the messages, {513 - n} for the answer"):
-        asyncio.run(run(user("What causes gout ?"), 513 - n))
+    with pytest.raises(ContextTooLong, match=f"{n} in the messages, {2049 - n} for the answer"):
+        asyncio.run(run(user("What causes gout ?"), 2049 - n))
     assert asyncio.run(run(user("What causes gout ?"), 4)).completion_tokens == 4
 
 
@@ -470,11 +470,8 @@ def test_openai_client_against_real_server(predictor):
 
 @pytest.fixture(scope="module")
 def grounded(predictor, index_dir):
-    # The tiny model's byte-sized tokens make the grounded prompt longer than its nominal 512 positions
-    # (rotary positions have no table: it still runs).
     config = config_from_dict({"models": {"med": {"model": "unused", "index": index_dir, "k": 2,
-                                                  "generation": {"max_new_tokens": 12}}},
-                               "limits": {"max_context_tokens": 4096}})
+                                                  "generation": {"max_new_tokens": 12}}}})
     with local(create_app(config, predictors={"med": predictor})) as c:
         yield c
 
@@ -569,8 +566,8 @@ def raw_request(base: str, head: bytes, body: bytes = b"", *, wait: float = 15.0
 
 
 def test_over_length_prompt_is_400_and_its_neighbour_is_answered(predictor):
-    long = "gout " * 600  # > 512 positions: once, one such row failed its whole batch
-    with local(make_app(predictor, batching={"batch_wait_ms": 200})) as c:
+    long = "gout " * 2500  # > 2048 positions: once, one such row failed its whole batch
+    with local(make_app(predictor, batching={"batch_wait_ms": 200}, limits={"max_tokens": 4096})) as c:
         results = {}
         threads = [threading.Thread(target=lambda k=k, m=m: results.__setitem__(k, chat(c, messages=user(m), max_tokens=4)))
                    for k, m in (("long", long), ("short", "What causes gout ?"))]
@@ -579,11 +576,10 @@ def test_over_length_prompt_is_400_and_its_neighbour_is_answered(predictor):
         for t in threads:
             t.join()
         error = assert_error(results["long"], 400, "context_length_exceeded", "messages")
-        assert "context is 512 tokens" in error["message"]
+        assert "context is 2048 tokens" in error["message"]
         assert results["short"].status_code == 200 and results["short"].json()["usage"]["completion_tokens"] == 4
         n = results["short"].json()["usage"]["prompt_tokens"]
-        assert_error(chat(c, max_tokens=513 - n), 400, "context_length_exceeded")
-        assert chat(c, max_tokens=512 - n).status_code == 200
+        assert_error(chat(c, max_tokens=2049 - n), 400, "context_length_exceeded")
 
 
 def test_message_count_and_size_are_capped(predictor):

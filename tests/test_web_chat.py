@@ -25,8 +25,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 @pytest.fixture(scope="module")
 def server(tiny_llama, index_dir):  # noqa: F811
     config = config_from_dict({"models": {"med": {"model": "unused", "index": index_dir, "k": 2,
-                                                  "generation": {"max_new_tokens": 16}}}, "api_key": "k",
-                               "limits": {"max_context_tokens": 4096}})  # the tiny model's tokens are bytes (see test_serve)
+                                                  "generation": {"max_new_tokens": 16}}}, "api_key": "k"})
     base, stop = start_server(create_app(config, predictors={"med": Predictor.from_pretrained(tiny_llama)}))
     yield base
     stop()
@@ -98,8 +97,7 @@ def hostile_index(tmp_path_factory):
 
 def test_page_links_only_web_urls(tiny_llama, hostile_index):
     config = config_from_dict({"models": {"med": {"model": "unused", "index": hostile_index, "k": 2,
-                                                  "generation": {"max_new_tokens": 8}}},
-                               "limits": {"max_context_tokens": 4096}})
+                                                  "generation": {"max_new_tokens": 8}}}})
     base, stop = start_server(create_app(config, predictors={"med": Predictor.from_pretrained(tiny_llama)}))
     try:
         with sync_api.sync_playwright() as p:

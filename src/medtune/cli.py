@@ -116,7 +116,8 @@ def _eval(args) -> None:
     from medtune.eval.suite import evaluate
 
     out = evaluate(args.model, args.tasks, data_dir=args.data_dir, out_dir=args.out, num_fewshot=args.num_fewshot,
-                   limit=args.limit, prompt_language=args.prompt_language, batch_tokens=args.batch_tokens, seed=args.seed)
+                   limit=args.limit, prompt_language=args.prompt_language, batch_tokens=args.batch_tokens, seed=args.seed,
+                   engine=_engine_config(args))
     print((out / "report.md").read_text())
     print(out)
 
@@ -156,7 +157,7 @@ def _ask(args) -> None:
         print(json.dumps(hits, indent=2, ensure_ascii=False))
         return
     ans = ask(args.question, index=args.index, model=args.model, k=args.k, language=args.language,
-              max_new_tokens=args.max_new_tokens)
+              max_new_tokens=args.max_new_tokens, engine=_engine_config(args))
     print(json.dumps(ans.to_dict(), indent=2, ensure_ascii=False) if args.json else ans.text)
 
 
@@ -196,7 +197,29 @@ def _serve(args) -> None:
     from medtune.serve import serve_from_args
 
     serve_from_args(args.config, model=args.model, index=args.index, host=args.host, port=args.port,
-                    api_key=args.api_key, api_key_file=args.api_key_file)
+                    api_key=args.api_key, api_key_file=args.api_key_file, engine=_engine_config(args))
+
+
+def _engine_config(args):
+    """--engine and --engine-url as an EngineConfig; None when neither is given."""
+    if args.engine is None and args.engine_url is None:
+        return None
+    from pydantic import ValidationError
+
+    from medtune.engines.config import EngineConfig
+
+    kind = args.engine or "openai"
+    try:
+        return EngineConfig(kind=kind, **({"url": args.engine_url} if args.engine_url else {}))
+    except ValidationError as err:
+        raise SystemExit(f"medtune {args.command}: --engine {kind}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+def _engine_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--engine", choices=["transformers", "llama.cpp", "vllm", "openai"],
+                   help=f"what generates {what} (default: transformers in this process; llama.cpp: medtune builds and "
+                        "runs llama-server over the model's GGUF export; openai: --engine-url)")
+    p.add_argument("--engine-url", help="an OpenAI-compatible server's base URL (…/v1) for --engine openai")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prompt-language", choices=["en", "es", "pt"], help="prompt words in this language (default: the task's)")
     e.add_argument("--batch-tokens", type=int, default=4096, help="tokens per forward pass")
     e.add_argument("--seed", type=int, default=0, help="seed of few-shot draws and bootstrap intervals")
+    _engine_flags(e, "the generation tasks' answers")
     e.set_defaults(func=_eval)
 
     c = sub.add_parser("compare", help="side-by-side table of two evaluations, with deltas and their significance")
@@ -315,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-new-tokens", type=int, default=256)
     a.add_argument("--retrieve-only", action="store_true", help="print the ranked passages as JSON (id, score, url, text); no model")
     a.add_argument("--json", action="store_true", help="print the answer, sources, support and safety verdict as JSON")
+    _engine_flags(a, "the answer")
     a.set_defaults(func=_ask)
 
     r = sub.add_parser("retrieve", help='batch retrieval: {"id","query"} lines in, {"id","ranked":[passage ids]} lines out')
@@ -343,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--api-key", help="require Authorization: Bearer KEY (default: $MEDTUNE_API_KEY; "
                                       "other users can read a key given here in the process list: prefer --api-key-file)")
     sv.add_argument("--api-key-file", help="read the key from this file (default: $MEDTUNE_API_KEY_FILE)")
+    _engine_flags(sv, "the answers of --model (or of the config's default model)")
     sv.set_defaults(func=_serve)
 
     tr = sub.add_parser("translate", help="machine-translate an English QA dataset to Spanish or Portuguese (cached, resumable, checked)")

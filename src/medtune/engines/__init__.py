@@ -96,6 +96,32 @@ def make_engine(model: str, cfg: EngineConfig | None = None, generation: Generat
         raise
 
 
+def generate_all(engine, conversations: list[list[dict]], *, max_tokens: int, temperature: float = 0.0,
+                 concurrency: int = 16, desc: str = "generate") -> list[str]:
+    """Answers to `conversations`, in order, from any engine, `concurrency` requests in flight (an
+    engine batches them: llama.cpp in its slots, transformers in its batches); then the engine is
+    closed (it lives in this call's event loop). For `ask` and `eval`."""
+    from medtune.logs import bar
+
+    async def run() -> list[str]:
+        gate = asyncio.Semaphore(concurrency)
+        progress = bar(total=len(conversations), desc=desc, unit="answer")
+
+        async def one(messages: list[dict]) -> str:
+            async with gate:
+                done = await engine.complete(messages, max_tokens=max_tokens, temperature=temperature)
+            progress.update(1)
+            return done.text
+
+        try:
+            return list(await asyncio.gather(*[one(c) for c in conversations]))
+        finally:
+            progress.close()
+            await engine.close()
+
+    return asyncio.run(run())
+
+
 def vllm_command(model: str, parallel: int):
     """`vllm serve` over the model's full-precision folder (vLLM reads its key from $VLLM_API_KEY)."""
     if importlib.util.find_spec("vllm") is None or shutil.which("vllm") is None:

@@ -22,6 +22,7 @@ from medtune.eval.loglik import OptionScorer, Request
 from medtune.eval.suite_report import write_suite_report
 from medtune.eval.tasks import PROMPT_WORDS, Task, TaskData, TaskError, choice_request, fewshot_examples, get_task, task_path
 from medtune.io import write_atomic
+from medtune.engines.config import EngineConfig
 from medtune.predict import Predictor
 from medtune.recipe import EvalConfig
 from medtune.records import to_dataset
@@ -52,8 +53,11 @@ def evaluate(
     max_generations: int = 200,
     batch_tokens: int = 4096,
     seed: int = 0,
+    engine: EngineConfig | None = None,
 ) -> Path:
-    """Evaluate a run directory, model directory or hub id on `tasks`; returns the report directory."""
+    """Evaluate a run directory, model directory or hub id on `tasks`; returns the report directory.
+    `engine` generates the answers of generation tasks (llama.cpp: the GGUF export, at its speed);
+    log-likelihoods (choice tasks, answer perplexity) always come from the transformers model."""
     chosen = parse_tasks(tasks)
     if prompt_language and prompt_language not in PROMPT_WORDS:
         raise TaskError(f"prompt language {prompt_language!r}: choose one of {', '.join(PROMPT_WORDS)}")
@@ -69,12 +73,15 @@ def evaluate(
             scorer = OptionScorer(predictor.model, predictor.tokenizer, batch_tokens=batch_tokens)
             result, rows = run_choice_task(task, data, scorer, num_fewshot=num_fewshot, limit=limit, prompt_language=prompt_language, seed=seed)
         else:
-            result, rows = run_generation_task(task, data, predictor, limit=limit or max_generations, batch_tokens=batch_tokens, seed=seed)
+            answers = _engine_answers(model_ref, engine, predictor) if engine and engine.kind != "transformers" else None
+            result, rows = run_generation_task(task, data, predictor, limit=limit or max_generations, batch_tokens=batch_tokens,
+                                               seed=seed, answers=answers)
         write_atomic(out_dir / "items" / f"{task.name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         results[task.name] = result
     report = {
         "model": str(model_ref),
-        "settings": {"num_fewshot": num_fewshot, "limit": limit, "prompt_language": prompt_language, "seed": seed},
+        "settings": {"num_fewshot": num_fewshot, "limit": limit, "prompt_language": prompt_language, "seed": seed,
+                     "engine": (engine or EngineConfig()).kind},
         "tasks": results,
     }
     write_suite_report(out_dir, report)
@@ -111,13 +118,30 @@ def run_choice_task(task: Task, data: TaskData, scorer: OptionScorer, *, num_few
     return result, rows
 
 
-def run_generation_task(task: Task, data: TaskData, predictor: Predictor, *, limit: int, batch_tokens: int = 4096, seed: int = 0) -> tuple[dict, list[dict]]:
+def _engine_answers(model_ref, engine: EngineConfig, predictor: Predictor):
+    """Questions → answers from `engine`, in the run's prompt format (its template; the engine adds the
+    run's system prompt), greedy and as long as the transformers path's (EvalConfig's generation)."""
+    from medtune.engines import generate_all, make_engine
+    from medtune.prompts import render_prompt
+
+    def answers(questions: list[str]) -> list[str]:
+        generation = EvalConfig().generation
+        conversations = [[{"role": "user", "content": render_prompt(predictor.template, q)}] for q in questions]
+        return generate_all(make_engine(str(model_ref), engine, generation), conversations,
+                            max_tokens=generation.max_new_tokens, concurrency=engine.parallel, desc=f"generate ({engine.kind})")
+
+    return answers
+
+
+def run_generation_task(task: Task, data: TaskData, predictor: Predictor, *, limit: int, batch_tokens: int = 4096, seed: int = 0,
+                        answers=None) -> tuple[dict, list[dict]]:
     """Generated answers scored with ROUGE/BLEU/chrF (language-aware), and answer perplexity:
     the log-likelihood of each reference answer (with its end-of-turn token) after the prompt."""
     items = [r for r in data.items if r.answered]
     if len(items) > limit:
         items = random.Random(seed).sample(items, limit)  # a fixed random sample: files keep their topic order
-    generated = evaluate_generation(predictor, to_dataset(items), EvalConfig(max_samples=None, metrics=["rouge", "bleu", "chrf"]), split="test")
+    generated = evaluate_generation(predictor, to_dataset(items), EvalConfig(max_samples=None, metrics=["rouge", "bleu", "chrf"]),
+                                    split="test", answers=answers)
     scorer = OptionScorer(predictor.model, predictor.tokenizer, batch_tokens=batch_tokens)
     end = "" if predictor.is_seq2seq else (predictor.tokenizer.eos_token or "")
     requests = [Request(p, (a + end,)) for p, a in zip(predictor.prompts([r.question for r in items]), [r.answer for r in items])]

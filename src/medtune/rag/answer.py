@@ -24,6 +24,7 @@ import numpy as np
 
 from medtune.sentences import split_sentences
 from medtune import DEFAULT_MODEL
+from medtune.engines.config import EngineConfig
 from medtune.rag.retrieve import Hit, Retriever
 from medtune.rag.safety import SafetyRules, SafetyVerdict, load_rules, window
 
@@ -268,15 +269,16 @@ def retrieve(question: str, index_dir, *, k: int = 5) -> list[dict]:
             for h in hits]
 
 
-def ask(question: str, *, index=None, model: str = DEFAULT_MODEL, k: int = 4,
-        language: str | None = None, max_new_tokens: int = 256) -> GroundedAnswer:
-    """Retrieve from `index` (if given), answer with `model` (run dir, model dir or hub id), check and cite."""
-    from medtune.predict import Predictor
+def ask(question: str, *, index=None, model: str = DEFAULT_MODEL, k: int = 4, language: str | None = None,
+        max_new_tokens: int = 256, engine: EngineConfig | None = None) -> GroundedAnswer:
+    """Retrieve from `index` (if given), answer with `model` (run dir, model dir or hub id) on `engine`
+    (default: transformers in this process), check and cite."""
+    from medtune.engines import generate_all, make_engine
     from medtune.rag.index import load_index
 
     retriever = Retriever(load_index(index)) if index else None
 
-    def generate(messages: list[dict]) -> str:  # loads the model only when there is something to generate
-        return Predictor.from_pretrained(model).generate_chat([messages], max_new_tokens=max_new_tokens)[0]
+    def generate(messages: list[dict]) -> str:  # starts the engine only when there is something to generate
+        return generate_all(make_engine(str(model), engine), [messages], max_tokens=max_new_tokens)[0]
 
     return Answerer(retriever, k=k).answer(question, generate, language)

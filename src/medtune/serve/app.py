@@ -268,8 +268,8 @@ def serve(config: ServeConfig, predictors: dict[str, Predictor] | None = None) -
 
 def serve_from_args(config_path: str | None, *, model: str | None = None, index: str | None = None,
                     host: str | None = None, port: int | None = None, api_key: str | None = None,
-                    api_key_file: str | None = None) -> None:
-    """`medtune serve [CONFIG] --model REF --index DIR --host --port --api-key --api-key-file`.
+                    api_key_file: str | None = None, engine=None) -> None:
+    """`medtune serve [CONFIG] --model REF --index DIR --host --port --api-key --api-key-file --engine`.
 
     Without CONFIG, --model (default: the offline default model) is served alone under its own
     reference as name; with one, --model and --index replace the default model's. Flags left as
@@ -277,7 +277,7 @@ def serve_from_args(config_path: str | None, *, model: str | None = None, index:
     """
     data = load_config(config_path).model_dump() if config_path else {"models": {model or DEFAULT_MODEL: {"model": model or DEFAULT_MODEL}}}
     default = data.get("default_model") or next(iter(data["models"]))
-    overrides = {"model": model, "index": index}
+    overrides = {"model": model, "index": index, "engine": engine.model_dump(exclude_defaults=True) if engine else None}
     data["models"][default].update({k: v for k, v in overrides.items() if v is not None})
     flags = {"host": host, "port": port, "api_key": api_key, "api_key_file": api_key_file}
     data.update({k: v for k, v in flags.items() if v is not None})
