@@ -315,3 +315,26 @@ def test_llama_server_stops_with_medtune(llama_app):
         pid = llama_app.state.models["med"].engine.server.process.pid
         assert _running(pid)
     assert not _running(pid)  # the app's shutdown stopped it
+
+
+def test_ask_and_eval_on_the_llama_cpp_engine(tmp_path, capsys):
+    """`--engine llama.cpp` answers through llama-server; eval's perplexity still comes from transformers."""
+    llama_server_or_skip()
+    from medtune import DEFAULT_MODEL
+    from medtune.cli import main
+
+    main(["ask", "What causes gout?", "--model", DEFAULT_MODEL, "--engine", "llama.cpp", "--max-new-tokens", "16", "--json"])
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["answer"] and answer["reason"] == "no_index" and answer["text"].endswith(answer["safety"]["notice"])
+
+    medquad = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not (medquad / "medquad").is_dir():
+        pytest.skip("no ../shared/data/medquad")
+    main(["eval", DEFAULT_MODEL, "--tasks", "medquad", "--limit", "4", "--data-dir", str(medquad), "--out", str(tmp_path / "ev"),
+          "--engine", "llama.cpp"])
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    task = report["tasks"]["medquad"]
+    assert report["settings"]["engine"] == "llama.cpp" and task["n"] == 4
+    assert task["metrics"]["rougeL"] > 0 and task["metrics"]["perplexity"] > 1
+    predictions = [json.loads(line) for line in (tmp_path / "ev" / "items" / "medquad.jsonl").read_text().splitlines()]
+    assert len(predictions) == 4 and all(p["prediction"] for p in predictions)
