@@ -24,7 +24,10 @@ tar xzf "$sdist" -C "$tmp/llama.cpp" --strip-components=3 \
 # The vendored llama.cpp commit, for the model card's converter version.
 commit=$(tar xzf "$sdist" -O "$top/.git/modules/vendor/llama.cpp/HEAD")
 echo "llama.cpp ${commit:0:7}, vendored in the llama-cpp-python $VERSION sdist" > "$tmp/llama.cpp/VERSION"
-mkdir -p "$(dirname "$DEST")"
-rm -rf "$DEST"
-mv "$tmp/llama.cpp" "$DEST"
+# Item by item, so that a llama-server already built into DEST/build (medtune.engines.llamacpp) stays.
+mkdir -p "$DEST"
+for item in "$tmp/llama.cpp"/*; do
+  rm -rf "${DEST:?}/$(basename "$item")"
+  mv "$item" "$DEST/"
+done
 echo "$DEST"
