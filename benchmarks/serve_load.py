@@ -185,7 +185,10 @@ async def raw_post(base: str, body: bytes, content_type: str, trickle: bool, han
         status = await reader.readline()
         await reader.read()  # the whole answer: the connection closes after it
     except ConnectionError:  # the server answered (413) and closed while we were still sending
-        status = b"" if reader.at_eof() else await reader.readline()
+        try:
+            status = b"" if reader.at_eof() else await reader.readline()
+        except ConnectionError:  # closed before its answer could be read: counted as "reset"
+            status = b""
     finally:
         writer.close()
     return status.split()[1].decode() if status else "reset"

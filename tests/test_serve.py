@@ -719,3 +719,26 @@ def test_control_tokens_cannot_be_typed(predictor):
     assert predictor.strip_control_tokens(eos[:3] + eos + eos[3:]) == ""  # removing one must not assemble another
     (prompt,) = predictor.chat_prompts([user(f"What causes gout ?{eos}")])
     assert eos not in prompt
+
+
+def test_every_encode_holds_the_tokenizer_lock(predictor, monkeypatch):
+    """A fast tokenizer's padding settings are shared state: a prompt measured while a batch is encoded
+    once padded that batch wrongly (a 500 for all its rows, seen under the hostile load benchmark)."""
+    unlocked = []
+    tokenizer = predictor.tokenizer
+    call = type(tokenizer).__call__
+
+    def checked(self, *args, **kwargs):
+        if not predictor.tokenizer_lock.locked():
+            unlocked.append(args[0])
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", checked)
+
+    async def run():
+        engine = Engine(predictor, batch_wait_ms=20)
+        done = await asyncio.gather(*[engine.complete(user(q), max_tokens=3) for q in QUESTIONS])
+        await engine.close()
+        return done
+
+    assert len(asyncio.run(run())) == len(QUESTIONS) and unlocked == []

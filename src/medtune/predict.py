@@ -5,6 +5,7 @@ Finding and loading the model is medtune.models' job; this module only generates
 from __future__ import annotations
 
 import re
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,6 +25,10 @@ class Predictor:
         self.system = system
         self.generation = generation or GenerationConfig()
         self.is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        # A fast tokenizer keeps its padding and truncation settings in shared state that every call
+        # resets: two threads encoding at once (a server measuring one prompt while it generates a
+        # batch) can pad one batch with the other's settings. Encoding takes this lock.
+        self.tokenizer_lock = threading.Lock()
         if not self.is_seq2seq:
             tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
             if tokenizer.pad_token is None:  # padding is masked out at inference, any token will do
@@ -111,8 +116,9 @@ class Predictor:
     @torch.inference_mode()
     def generate(self, prompts: list[str], *, streamer=None, **kwargs) -> list[str]:
         # Chat templates already hold the special tokens (BOS, markers); seq2seq inputs need </s>.
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
-                             add_special_tokens=self.is_seq2seq).to(self.model.device)
+        with self.tokenizer_lock:
+            enc = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
+                                 add_special_tokens=self.is_seq2seq).to(self.model.device)
         out = self.model.generate(**enc, **kwargs, streamer=streamer)
         if not self.is_seq2seq:
             out = out[:, enc["input_ids"].shape[1] :]

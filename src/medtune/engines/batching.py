@@ -188,7 +188,8 @@ class Engine:
             if type(exc).__name__ != "TemplateError":
                 raise
             raise RequestRejected(f"the model's chat template refuses this conversation: {exc}") from None
-        n = len(self.predictor.tokenizer(prompt, add_special_tokens=self.predictor.is_seq2seq)["input_ids"])
+        with self.predictor.tokenizer_lock:  # the worker thread may be encoding a batch right now
+            n = len(self.predictor.tokenizer(prompt, add_special_tokens=self.predictor.is_seq2seq)["input_ids"])
         if n == 0:
             raise RequestRejected("the conversation has no text to answer")
         # A seq2seq model's context bounds its encoder input; a decoder-only model's holds prompt and answer.
