@@ -338,3 +338,20 @@ def test_ask_and_eval_on_the_llama_cpp_engine(tmp_path, capsys):
     assert task["metrics"]["rougeL"] > 0 and task["metrics"]["perplexity"] > 1
     predictions = [json.loads(line) for line in (tmp_path / "ev" / "items" / "medquad.jsonl").read_text().splitlines()]
     assert len(predictions) == 4 and all(p["prediction"] for p in predictions)
+
+
+def test_engine_flags(monkeypatch, capsys):
+    import medtune.serve as serve_module
+    from medtune.cli import main
+
+    seen = []
+    monkeypatch.setattr(serve_module, "serve_from_args", lambda *a, **k: seen.append(k["engine"]))
+    main(["serve", "--model", "runs/x", "--engine-url", "http://127.0.0.1:11434/v1", "--engine-model", "my-run"])
+    assert seen[-1].model_dump(exclude_defaults=True) == {"kind": "openai", "url": "http://127.0.0.1:11434/v1",
+                                                          "upstream_model": "my-run"}
+    main(["serve", "--model", "runs/x"])
+    assert seen[-1] is None
+    with pytest.raises(SystemExit, match="--engine openai: kind openai needs url"):
+        main(["serve", "--engine", "openai"])
+    with pytest.raises(SystemExit, match="url, upstream_model and api_key_env are for kind openai"):
+        main(["serve", "--engine", "llama.cpp", "--engine-url", "http://x/v1"])

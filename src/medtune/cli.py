@@ -201,16 +201,17 @@ def _serve(args) -> None:
 
 
 def _engine_config(args):
-    """--engine and --engine-url as an EngineConfig; None when neither is given."""
-    if args.engine is None and args.engine_url is None:
+    """--engine, --engine-url and --engine-model as an EngineConfig; None when none is given."""
+    if args.engine is None and args.engine_url is None and args.engine_model is None:
         return None
     from pydantic import ValidationError
 
     from medtune.engines.config import EngineConfig
 
     kind = args.engine or "openai"
+    upstream = {"url": args.engine_url, "upstream_model": args.engine_model}
     try:
-        return EngineConfig(kind=kind, **({"url": args.engine_url} if args.engine_url else {}))
+        return EngineConfig(kind=kind, **{k: v for k, v in upstream.items() if v})
     except ValidationError as err:
         raise SystemExit(f"medtune {args.command}: --engine {kind}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
@@ -220,6 +221,7 @@ def _engine_flags(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"what generates {what} (default: transformers in this process; llama.cpp: medtune builds and "
                         "runs llama-server over the model's GGUF export; openai: --engine-url)")
     p.add_argument("--engine-url", help="an OpenAI-compatible server's base URL (…/v1) for --engine openai")
+    p.add_argument("--engine-model", help="the model name that server serves (default: --model)")
 
 
 def build_parser() -> argparse.ArgumentParser:
