@@ -98,7 +98,7 @@ def test_evaluate_and_batch_retrieve(index, tmp_path):
     assert sum(r["ranked"][0] == f"{r['id']}-symptoms" for r in rows) >= 9
 
     queries.write_text('{"id": "a", "query": "gout"}\nnot json\n')
-    with pytest.raises(DataError, match="queries.jsonl, line 2: not valid JSON"):
+    with pytest.raises(DataError, match="queries.jsonl, line 2: malformed JSON"):
         batch_retrieve(index, queries, tmp_path / "bad.jsonl")
     queries.write_text('{"id": "a", "query": "gout"}\n')
     qrels.write_text("a 0 unknown-passage 1\n")
