@@ -76,7 +76,7 @@ def test_dry_run_plans_seed004_without_weights():
                           capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
-    assert plan["method"] == "qlora" and plan["needs_cuda"] is True
+    assert plan["method"] == "qlora" and plan["needs_cuda"] is False  # bitsandbytes runs NF4 on the CPU too
     assert "Llama-3.1-8B-Instruct" in plan["model"] and "published shape" in plan["model"]
     params = plan["parameters"]
     assert 8.0e9 < params["total"] < 8.1e9  # Llama-3.1-8B: 8.03 B parameters

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from transformers import TrainerCallback
 
 import medtune
 from medtune.data import prepare_data
@@ -90,21 +90,73 @@ def test_lora_run_saves_a_small_adapter_with_template_and_merges_to_the_same_out
     assert merged.predict(questions, max_new_tokens=12) == adapted  # greedy: identical text
 
 
-def test_qlora_without_cuda_fails_before_loading_anything(causal_recipe_dict, tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
+def test_qlora_trains_on_the_cpu_and_merges(causal_recipe_dict, tmp_path):
+    """The seed-004 path for real, without CUDA: an NF4 base (bitsandbytes' CPU kernels, fp32 compute),
+    LoRA trained on it, the adapter merged into the full-precision base."""
+    from bitsandbytes.nn import Linear4bit
+
+    from conftest import qa_rows
+    from medtune.testing import make_llama
+
+    # 64 wide: bitsandbytes' CPU inference kernels pack NF4 weights in blocks of 64 inputs.
+    texts = [t for r in qa_rows() for t in (r["question"], r["answer"])]
+    causal_recipe_dict["model"] = str(make_llama(tmp_path / "llama64", texts * 5, vocab_size=300, hidden=64))
+    seen = []
+    causal_recipe_dict["train"]["method"] = "qlora"
+    causal_recipe_dict["train"]["max_steps"] = 8
+    causal_recipe_dict["eval"]["metrics"] = ["perplexity"]
+    recipe = recipe_from_dict(causal_recipe_dict)
+    run_dir = run(recipe, run_dir=tmp_path / "run", callbacks=[_Spy(seen)])
+    (model,) = seen
+    assert any(isinstance(m, Linear4bit) for m in model.modules())  # trained on a 4-bit base
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["train"]["method"] == "qlora"
+    assert report["eval"]["perplexity"]["perplexity"] < report["eval"]["before"]["perplexity"]["perplexity"]
+    losses = [h["loss"] for h in report["train"]["log_history"] if "loss" in h]
+    assert losses[-1] < losses[0]
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    merge = [sys.executable, "-m", "medtune.cli", "merge-adapter", str(run_dir), "--out", str(tmp_path / "merged")]
+    proc = subprocess.run(merge, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert medtune.load(tmp_path / "merged").predict(["What causes gout ?"], max_new_tokens=4)[0] is not None
+
+
+class _Spy(TrainerCallback):
+    def __init__(self, seen: list):
+        self.seen = seen
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.seen.append(model)
+
+
+def test_qlora_without_bitsandbytes_fails_before_loading_anything(causal_recipe_dict, tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
     causal_recipe_dict["train"]["method"] = "qlora"
     causal_recipe_dict["model"] = str(tmp_path / "weights-that-do-not-exist")
-    recipe = tmp_path / "q.yaml"
-    recipe.write_text(yaml.safe_dump(causal_recipe_dict))
-    proc = subprocess.run([sys.executable, "-m", "medtune.cli", "train", str(recipe)], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 2
-    assert "train.method=qlora" in proc.stderr and "needs a CUDA GPU" in proc.stderr and "train.method=lora" in proc.stderr
-    assert not (tmp_path / "runs").exists()  # nothing was started
-    with pytest.raises(RecipeError):
-        from medtune.train.lora import check_method
+    from medtune.train.lora import check_method
 
+    with pytest.raises(RecipeError, match="bitsandbytes, which is not installed.*medtune\\[qlora\\]"):
         check_method(recipe_from_dict(causal_recipe_dict))
+
+
+def test_a_run_whose_adapter_gets_no_gradient_fails_loudly(causal_recipe_dict, tmp_path, monkeypatch):
+    """A loss that cannot reach the trainable parameters would stay flat for the whole run."""
+    from medtune.train import sft
+
+    build = sft.build_sft_trainer
+
+    def detached(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        compute_loss = trainer.compute_loss
+        trainer.compute_loss = lambda model, inputs, **kw: compute_loss(model, inputs, **kw).detach().requires_grad_()
+        return trainer
+
+    monkeypatch.setattr("medtune.pipeline.build_sft_trainer", detached)
+    with pytest.raises(RecipeError, match="no trainable parameter received a gradient at step 1"):
+        run(recipe_from_dict(causal_recipe_dict), run_dir=tmp_path / "run")
 
 
 def test_packed_row_scores_each_document_as_if_alone(causal_recipe_dict, tmp_path):

@@ -59,6 +59,9 @@ def setup(verbosity: int = 0) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=LIBRARIES)
     # peft saves the embedding with an adapter when a run added tokens (chat markers, pad): medtune's design.
     warnings.filterwarnings("ignore", message="Setting `save_embedding_layers` to `True`", module="peft")
+    # bitsandbytes warns at import that an optional faster CPU kernel (fetched from the hub) is absent;
+    # its own CPU kernels run instead.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # Libraries imported before this call read the variables already: tell them directly.
     if "transformers" in sys.modules:
         import transformers

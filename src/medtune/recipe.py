@@ -90,7 +90,7 @@ class TrainConfig(_Strict):
                            "loss on every token of plain text (text sources; QA records become question + answer)"
     )
     method: Literal["full", "lora", "qlora"] = Field(
-        "full", description="full fine-tuning, LoRA adapters, or LoRA on a 4-bit NF4 base (CUDA only)"
+        "full", description="full fine-tuning, LoRA adapters, or LoRA on a 4-bit NF4 base (bitsandbytes; CUDA or CPU)"
     )
     lora: LoraConfig = LoraConfig()
     epochs: float = Field(3, gt=0)

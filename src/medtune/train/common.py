@@ -185,6 +185,7 @@ def fit(trainer, *, resume: bool = False) -> TrainResult:
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(TrainingLine(trainer))
+    trainer.add_callback(GradientCheck())
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=True if resume else None)
     runtime = time.perf_counter() - start
@@ -195,3 +196,25 @@ def fit(trainer, *, resume: bool = False) -> TrainResult:
         train_tokens=trainer.train_tokens,
         log_history=list(trainer.state.log_history),
     )
+
+
+class GradientCheck(TrainerCallback):
+    """Fails the run at its first optimizer step when no trainable parameter received a gradient: the
+    loss would stay exactly where it is for the whole run (a frozen graph, an adapter the loss never
+    reaches), which a training line alone would only show as a flat curve."""
+
+    def __init__(self):
+        self.checked = False
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.checked or model is None or args.fsdp or args.deepspeed:  # sharded: a rank's grads are partial
+            return
+        self.checked = True
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if trainable and all(p.grad is None or not p.grad.any() for _, p in trainable):
+            names = ", ".join(n for n, _ in trainable[:3])
+            raise RecipeError(
+                f"no trainable parameter received a gradient at step {state.global_step + 1} "
+                f"({len(trainable)} trainable, e.g. {names}): the loss does not depend on them. "
+                "Check the LoRA target_modules, that the inputs reach the adapted layers, and that "
+                "the model is not in inference mode.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from transformers import BitsAndBytesConfig
@@ -11,18 +13,23 @@ from medtune.recipe import Recipe, RecipeError
 
 def check_method(recipe: Recipe) -> None:
     """Refuse what cannot run here before any weights are read."""
-    if recipe.train.method == "qlora" and not torch.cuda.is_available():
+    if recipe.train.method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
         raise RecipeError(
-            "train.method=qlora loads the base model in 4-bit NF4 with bitsandbytes, which needs a CUDA GPU, "
-            "and this machine has none. Use train.method=lora here (LoRA on the full-precision base), "
-            "or run the recipe on a GPU."
+            "train.method=qlora loads the base model in 4-bit NF4 with bitsandbytes, which is not installed: "
+            "pip install 'medtune[qlora]' (bitsandbytes >= 0.50 has CPU kernels too), or use train.method=lora "
+            "(LoRA on the full-precision base)."
         )
 
 
 def quantization_config(recipe: Recipe) -> BitsAndBytesConfig | None:
+    """NF4 with double quantization. Compute in bf16 on GPUs that have it, fp16 on older ones, and fp32
+    on the CPU (bitsandbytes' CPU kernels dequantize to it; these CPUs have no fast bf16)."""
     if recipe.train.method != "qlora":
         return None
-    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if torch.cuda.is_available():
+        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        compute = torch.float32
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
     )

@@ -91,7 +91,7 @@ def plan(recipe: Recipe) -> dict:
         "kind": kind,
         "objective": t.objective,
         "method": t.method,
-        "needs_cuda": t.method == "qlora",
+        "needs_cuda": False,  # QLoRA too: bitsandbytes runs NF4 on the CPU (slowly; a GPU is what it is for)
         "data": {"splits": data.report["sizes"], "sources": {k: v["records"] for k, v in data.report["sources"].items()},
                  "skipped": sum(len(v["skipped"]) for v in data.report["sources"].values())},
         "parameters": {"total": total, "trainable": trainable, "trainable_pct": round(100 * trainable / total, 3)},
