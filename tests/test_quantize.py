@@ -118,8 +118,7 @@ def test_report_numbers_are_consistent(quantized):
     assert f"{c['size_ratio']:.2f}× smaller" in md and f"{c['perplexity_change_pct']:+.2f}%" in md
 
 
-@pytest.mark.parametrize("method", ["gptq", "bnb4", "bnb8"])
-def test_gpu_methods_refused_without_cuda_before_loading(method, llama128, tmp_path, monkeypatch):
+def test_gptq_refused_without_cuda_before_loading(llama128, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
     def no_loading(*args, **kwargs):
@@ -127,9 +126,27 @@ def test_gpu_methods_refused_without_cuda_before_loading(method, llama128, tmp_p
 
     monkeypatch.setattr("medtune.quantize.convert.resolve_model", no_loading)
     monkeypatch.setattr("medtune.quantize.convert.load_texts", no_loading)
-    with pytest.raises(QuantizeError, match=f"--method {method} .* needs a CUDA GPU .* --method int4"):
-        quantize(llama128, method, tmp_path / "out", calibration=str(tmp_path / "calib.jsonl"))
+    with pytest.raises(QuantizeError, match="--method gptq .* needs a CUDA GPU .* --method int4"):
+        quantize(llama128, "gptq", tmp_path / "out", calibration=str(tmp_path / "calib.jsonl"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method, bits", [("bnb4", 4), ("bnb8", 8)])
+def test_bitsandbytes_quantizes_on_the_cpu(method, bits, llama128, tmp_path):
+    """bitsandbytes' CPU kernels: the folder saves, loads back here and keeps the model's perplexity."""
+    from medtune.models import load_quantized
+
+    out = quantize(llama128, method, tmp_path / method, eval_texts=ANSWERS[:12])
+    report = json.loads((out / "quantize_report.json").read_text())
+    c = report["comparison"]
+    assert report["quantization"]["format"] == "transformers" and report["bits"] == bits
+    assert report["quantization"]["dtype"] == "float32"  # CPU compute
+    assert c["size_ratio"] > 1.5 and abs(c["perplexity_change_pct"]) < 10
+    model, _ = load_quantized(out)
+    import bitsandbytes as bnb
+
+    linear = bnb.nn.Linear4bit if bits == 4 else bnb.nn.Linear8bitLt
+    assert any(isinstance(m, linear) for m in model.modules())
 
 
 def test_unknown_method_lists_the_methods(llama128, tmp_path):

@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--out", type=Path, help="output folder (default: output_dir/<name>-<time>)")
     mg.set_defaults(func=_merge)
 
-    qz = sub.add_parser("quantize", help="quantize a run or model (int8/int4 on CPU; gptq, bnb4, bnb8 on CUDA; gguf for llama.cpp/Ollama); reports size and perplexity")
+    qz = sub.add_parser("quantize", help="quantize a run or model (int8/int4 and bnb4/bnb8 on CPU; gptq on CUDA; gguf for llama.cpp/Ollama); reports size and perplexity")
     qz.add_argument("model", help="run directory, model directory or hub id")
     qz.add_argument("--method", required=True, choices=["int8", "int4", "gptq", "bnb4", "bnb8", "gguf"],
                     help="gguf: a .gguf file and an Ollama Modelfile, written by llama.cpp's converter (see --llama-cpp)")

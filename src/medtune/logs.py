@@ -62,6 +62,8 @@ def setup(verbosity: int = 0) -> None:
     # bitsandbytes warns at import that an optional faster CPU kernel (fetched from the hub) is absent;
     # its own CPU kernels run instead.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # LLM.int8() says at every call that it computes in fp16: its design, not something to act on.
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast", module="bitsandbytes")
     # Libraries imported before this call read the variables already: tell them directly.
     if "transformers" in sys.modules:
         import transformers

@@ -67,7 +67,7 @@ def _with_adapter(base, adapter_dir: Path, *, is_trainable: bool):
 
 
 def load_quantized(model_dir: str | Path):
-    """(model, tokenizer) of a `medtune quantize` folder; GPU formats need the GPU and library they were made with."""
+    """(model, tokenizer) of a `medtune quantize` folder; GPTQ needs the GPU and library it was made with."""
     model_dir, card = read_card(model_dir)
     if "quantization" not in card:
         raise ModelNotAvailable(f"{model_dir}: not a model written by `medtune quantize` (no quantization in {MODEL_CARD})")
@@ -76,10 +76,10 @@ def load_quantized(model_dir: str | Path):
         model = load_quantized_weights(model_dir, getattr(torch, q["dtype"]))
     elif q["format"] == "gguf":  # dequantized: the exact stored weights, on any machine (llama.cpp reads the file itself)
         model = load_gguf(model_dir, q["file"]).eval()
-    elif not torch.cuda.is_available():
-        raise ModelNotAvailable(f"{model_dir}: quantized with --method {q['method']}, which loads on a CUDA GPU only; "
-                                "on a CPU quantize the source with --method int4, int8 or gguf")
-    else:
+    elif q["method"] == "gptq" and not torch.cuda.is_available():
+        raise ModelNotAvailable(f"{model_dir}: quantized with --method gptq, which loads on a CUDA GPU only; "
+                                "on a CPU quantize the source with --method int4, int8, bnb4, bnb8 or gguf")
+    else:  # bitsandbytes loads on a GPU or, with its CPU kernels, here
         model = AutoModelForCausalLM.from_pretrained(model_dir, device_map="auto").eval()
     return model, AutoTokenizer.from_pretrained(model_dir)
 

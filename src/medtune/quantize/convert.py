@@ -18,7 +18,7 @@ from medtune.logs import log
 from medtune.models import (MODEL_CARD, ResolvedModel, cache_dir, load_model, load_quantized, load_tokenizer, read_card,
                             resolve_model, write_card)
 from medtune.quantize.gguf import check_gguf, gguf_note, gguf_sizes, write_gguf
-from medtune.quantize.gpu_methods import quantize_on_gpu
+from medtune.quantize.library_methods import quantize_with_library
 from medtune.quantize.methods import QuantizeError, check_method
 from medtune.quantize.quanto_weights import KEEP_INT8, quantize_weights, save_quantized_weights
 from medtune.quantize.report import (
@@ -63,7 +63,7 @@ def quantize(
     """
     m = check_method(method)  # unknown, GPU-less or library-less requests stop here, before any data or weights
     gguf = check_gguf(gguf_type, llama_cpp) if m.name == "gguf" else None  # so does a missing converter
-    if dtype not in DTYPES or (dtype != "float32" and (m.cuda or gguf)):
+    if dtype not in DTYPES or (dtype != "float32" and m.format != "quanto"):
         raise QuantizeError(f"dtype {dtype!r}: choose {' or '.join(DTYPES)} (int8/int4 only; the other methods pick their own)")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -78,7 +78,7 @@ def quantize(
         if resolved.kind != "causal":
             raise QuantizeError(f"{ref}: a {resolved.kind} model; medtune quantize handles causal LMs only")
         tokenizer = load_tokenizer(resolved)
-        model = _load_source(resolved, on_gpu=m.cuda)
+        model = _load_source(resolved, on_gpu=m.format == "transformers" and torch.cuda.is_available())
         source = {"model": card.get("merged_from") or _name(resolved), "dtype": str(model.dtype).removeprefix("torch."),
                   "weight_file_bytes": weight_file_bytes(_folder(resolved)), "parameter_bytes": parameter_bytes(model)}
         source_parameters = sum(p.numel() for p in model.parameters())
@@ -90,17 +90,17 @@ def quantize(
             if gguf:
                 del model  # the converter reads the source folder; the memory goes to the GGUF loaded back
                 details = write_gguf(gguf, _folder(resolved), staging, card.get("system"))
-            elif m.cuda:
-                del model  # transformers loads the model again, quantized, onto the GPU
+            elif m.format == "transformers":
+                del model  # transformers loads the model again, quantized (onto the GPU when there is one)
                 torch.cuda.empty_cache()
-                details = quantize_on_gpu(m, resolved, tokenizer, calib, staging)
+                details = quantize_with_library(m, resolved, tokenizer, calib, staging)
             else:
                 details = quantize_weights(model.to(getattr(torch, dtype)), m.bits, group_size, tuple(keep_int8)) | {"dtype": dtype}
                 save_quantized_weights(model, staging)
             tokenizer.save_pretrained(staging)
             quantization = {"method": m.name, "bits": m.bits, "library": m.library,
                             "library_version": gguf.version if gguf else version(m.library),
-                            "format": "gguf" if gguf else "transformers" if m.cuda else "quanto", "source_model": source["model"]} | details
+                            "format": m.format, "source_model": source["model"]} | details
             write_card(staging, card | {"adapter": False, "quantization": quantization})
             reloaded, _ = load_quantized(staging)  # what is measured is what was saved
             if gguf:  # reloaded is dequantized: the sizes that count are the file's and what llama.cpp maps of it

@@ -19,6 +19,7 @@ class Method:
     library: str  # what does the work
     summary: str
     cuda: bool = False  # needs a CUDA GPU
+    format: str = "quanto"  # how the result is saved and loaded back: quanto, transformers (save_pretrained), gguf
     packages: tuple[tuple[str, str], ...] = ()  # (import name, pip name) that must be installed
     calibration: bool = False  # needs calibration texts
 
@@ -30,14 +31,17 @@ METHODS = {
                packages=(("optimum.quanto", "optimum-quanto"),)),
         Method("int4", 4, "optimum-quanto", "weight-only int4 in groups of up to 128 inputs, runs on CPU",
                packages=(("optimum.quanto", "optimum-quanto"),)),
-        Method("gptq", 4, "gptqmodel", "GPTQ 4-bit, calibrated on N texts (CUDA)", cuda=True,
+        Method("gptq", 4, "gptqmodel", "GPTQ 4-bit, calibrated on N texts (CUDA)", cuda=True, format="transformers",
                packages=(("optimum", "optimum"), ("gptqmodel", "gptqmodel")), calibration=True),
-        Method("bnb4", 4, "bitsandbytes", "bitsandbytes NF4 with double quantization, for inference (CUDA)", cuda=True,
+        Method("bnb4", 4, "bitsandbytes", "bitsandbytes NF4 with double quantization, for inference (CUDA or CPU)",
+               format="transformers",
                packages=(("bitsandbytes", "bitsandbytes"),)),
-        Method("bnb8", 8, "bitsandbytes", "bitsandbytes LLM.int8(), for inference (CUDA)", cuda=True,
+        Method("bnb8", 8, "bitsandbytes", "bitsandbytes LLM.int8(), for inference (CUDA or CPU)",
+               format="transformers",
                packages=(("bitsandbytes", "bitsandbytes"),)),
         # bits: the --gguf-type's (medtune.quantize.gguf); llama.cpp's converter runs from a folder, not PyPI
-        Method("gguf", 0, "llama.cpp", "GGUF file for llama.cpp/Ollama (--gguf-type f16, bf16, q8_0; k-quants with llama-quantize)"),
+        Method("gguf", 0, "llama.cpp", "GGUF file for llama.cpp/Ollama (--gguf-type f16, bf16, q8_0; k-quants with llama-quantize)",
+               format="gguf"),
     )
 }
 
