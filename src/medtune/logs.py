@@ -63,7 +63,7 @@ def setup(verbosity: int = 0) -> None:
     # its own CPU kernels run instead.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # LLM.int8() says at every call that it computes in fp16: its design, not something to act on.
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast", module="bitsandbytes")
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     # Libraries imported before this call read the variables already: tell them directly.
     if "transformers" in sys.modules:
         import transformers

@@ -1,0 +1,31 @@
+"""The GPU check kit runs here as --cpu-smoke: every step that can run on a CPU passes, the CUDA-only
+ones are skipped with their reason, and the report is written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_cpu_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--cpu-smoke", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    status = {s["step"]: s["status"] for s in report["steps"]}
+    assert status == {"qlora_sft": "PASS", "merge": "PASS", "dpo": "PASS", "quantize": "PASS",
+                      "speed_lora": "SKIPPED", "speed_full": "SKIPPED", "speed_qlora": "SKIPPED", "fsdp": "SKIPPED"}
+    steps = {s["step"]: s for s in report["steps"]}
+    assert steps["qlora_sft"]["loss_last"] < steps["qlora_sft"]["loss_first"]
+    assert steps["merge"]["max_abs_logit_diff"] <= steps["merge"]["tolerance"]
+    assert all(steps["quantize"][m]["size_ratio"] > 1 for m in ("bnb4", "bnb8"))
+    assert "needs a CUDA GPU" in steps["speed_lora"]["reason"]
+    assert report["device"] == "cpu" and (tmp_path / "gpu_check.md").read_text().count("| SKIPPED |") == 4
+    assert "MatMul8bitLt" not in proc.stderr and "Traceback" not in proc.stderr  # quiet: status lines only
+    assert not torch.cuda.is_available() or report["cpu_smoke"]
