@@ -32,12 +32,17 @@ FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
 # ---- an upstream replaying recorded answers --------------------------------------------------
 
 def replay_app(received: list):
-    """Answers each chat completion with the fixture its model names: "<file>" or "<file>@<status>"."""
+    """Answers each chat completion with the fixture its model names: "<file>" or "<file>@<status>";
+    "slow:<file>" answers after a second."""
 
     async def chat(request: Request) -> Response:
         body = await request.json()
         received.append({"body": body, "authorization": request.headers.get("authorization")})
-        name, _, status = body["model"].partition("@")
+        model = body["model"]
+        if model.startswith("slow:"):
+            model = model.removeprefix("slow:")
+            await asyncio.sleep(1)
+        name, _, status = model.partition("@")
         content = (FIXTURES / name).read_bytes()
         media = "text/event-stream" if name.endswith(".txt") else "application/json"
         headers = {"Retry-After": "7"} if status == "503" else {}
@@ -355,3 +360,35 @@ def test_engine_flags(monkeypatch, capsys):
         main(["serve", "--engine", "openai"])
     with pytest.raises(SystemExit, match="url, upstream_model and api_key_env are for kind openai"):
         main(["serve", "--engine", "llama.cpp", "--engine-url", "http://x/v1"])
+
+
+def test_requests_in_flight_are_counted_back_however_they_end(upstream):
+    """The upstream engine bounds requests in flight (llama-server queues without bound): each one must
+    leave the count when it ends — streamed to the end, refused, or cancelled."""
+    url, _ = upstream
+
+    async def run():
+        engine = UpstreamEngine(url, "ollama_stream.txt", max_pending=2)
+        try:
+            for _ in range(5):  # more than max_pending, one after another: none may be refused as busy
+                await engine.complete([{"role": "user", "content": "q"}], max_tokens=8)
+            engine.model = "vllm_context_400.json@400"  # the replay answers by model name: now a refusal
+            with pytest.raises(ContextTooLong):
+                await engine.submit([{"role": "user", "content": "q"}])
+            engine.model = "ollama_stream.txt"
+            job = await engine.submit([{"role": "user", "content": "q"}], max_tokens=8)
+            job.cancel()
+            await asyncio.sleep(0.1)
+            left = engine.pending
+            # A request still waiting for the upstream's first byte is in flight too: the bound holds.
+            engine.model = "slow:ollama_stream.txt"
+            waiting = [asyncio.ensure_future(engine.complete([{"role": "user", "content": "q"}])) for _ in range(2)]
+            await asyncio.sleep(0.3)
+            with pytest.raises(EngineBusy):
+                await engine.submit([{"role": "user", "content": "q"}])
+            await asyncio.gather(*waiting)
+            return left, engine.pending
+        finally:
+            await engine.close()
+
+    assert asyncio.run(run()) == (0, 0)

@@ -44,9 +44,10 @@ class UpstreamJob:
             asyncio.get_running_loop().create_task(self._close())  # the upstream stops generating
 
     async def _close(self) -> None:
-        if not self.response.is_closed:
-            await self.response.aclose()
-            self._done()
+        await self.response.aclose()  # no-op when httpx closed it at the end of the stream
+        done, self._done = self._done, None
+        if done is not None:  # the engine counts this request as finished once, however it ended
+            done()
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._deltas()
@@ -128,6 +129,16 @@ class UpstreamEngine:
         if top_p is not None:
             body["top_p"] = top_p
         request = self.client.build_request("POST", f"{self.url}/chat/completions", json=body)
+        self.pending += 1  # counted from now: requests waiting for the upstream's first byte are in flight too
+        try:
+            response = await self._send(request, deadline, loop)
+        except BaseException:
+            self.pending -= 1
+            raise
+        return UpstreamJob(response, deadline, max_tokens, done=self._done)
+
+    async def _send(self, request: httpx.Request, deadline: float | None, loop) -> httpx.Response:
+        """The upstream's 200 response, its headers read; connection errors retried; anything else raised as ours."""
         for attempt in range(self.retries + 1):
             try:
                 send = self.client.send(request, stream=True)
@@ -146,8 +157,7 @@ class UpstreamEngine:
             await response.aread()
             await response.aclose()
             raise _refusal(response)
-        self.pending += 1
-        return UpstreamJob(response, deadline, max_tokens, done=self._done)
+        return response
 
     def _done(self) -> None:
         self.pending -= 1
