@@ -210,3 +210,37 @@ def test_packing_and_gradient_checkpointing_train(causal_recipe_dict, tmp_path):
     # Packed rows carry no padding: every token in a row is real, so rows hold several examples.
     assert report["train"]["train_tokens"] > 2 * 4 * 40
     assert report["eval"]["perplexity"]["tokens"] == report["eval"]["before"]["perplexity"]["tokens"] > 0
+
+
+def test_an_evaluation_before_qlora_training_leaves_its_gradients(tmp_path):
+    """bitsandbytes repacks 4-bit weights for a kernel with no backward at the first no-grad forward in eval
+    mode (on AVX512-BF16 CPUs): then no LoRA layer got a gradient — the issue's exactly constant loss."""
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from conftest import qa_rows
+    from medtune.testing import make_llama
+    from medtune.train.lora import trainable_on_cpu
+
+    texts = [t for r in qa_rows() for t in (r["question"], r["answer"])]
+    folder = make_llama(tmp_path / "llama64", texts * 5, vocab_size=300, hidden=64)
+    ids = torch.randint(5, 290, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def lora_gradients(protect: bool) -> int:
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, device_map="cpu")
+        if protect:
+            trainable_on_cpu(model)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian"))
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=ids[:, :4])  # the evaluation before training
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        # B starts at zero, so at the first step only the B matrices get a gradient (A's is B's transpose times …).
+        return sum(p.grad is not None and bool(p.grad.any()) for n, p in model.named_parameters() if "lora_B" in n)
+
+    assert lora_gradients(protect=True) == 4  # q and v of both layers
+    if bnb.functional.has_avx512bf16():  # the machine where the bug shows: it must still be there to be fixed
+        assert lora_gradients(protect=False) == 0

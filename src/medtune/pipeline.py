@@ -27,7 +27,7 @@ from medtune.models import load_start, resolve_start, run_card, write_card
 from medtune.predict import Predictor
 from medtune.recipe import Recipe, RecipeError, dump_recipe
 from medtune.train.common import cpu_only, fit
-from medtune.train.lora import check_method, quantization_config
+from medtune.train.lora import check_method, quantization_config, trainable_on_cpu
 from medtune.train.seq2seq import build_seq2seq_trainer
 from medtune.train.sft import build_sft_trainer, prepare_tokenizer
 
@@ -68,6 +68,8 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, ca
         write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
     data = prepare_data(recipe.data)
     model, tokenizer = load_start(start, quantization_config(recipe))
+    if recipe.train.method == "qlora":
+        trainable_on_cpu(model)  # the evaluation before training must not freeze its gradients (see there)
     if recipe.align:
         trainer, data.report["pairs"] = _dpo_trainer(recipe, model, tokenizer, data.splits, run_dir, callbacks)
     else:

@@ -35,6 +35,17 @@ def quantization_config(recipe: Recipe) -> BitsAndBytesConfig | None:
     )
 
 
+def trainable_on_cpu(model) -> None:
+    """Keep a 4-bit model trainable on the CPU. On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit
+    layer's weights for a faster kernel at its first forward in eval mode without gradients (an
+    evaluation before training is one), and that kernel has no backward: afterwards no adapter before
+    the last 4-bit layer gets a gradient, and the loss stays exactly where it is. The repacking is
+    switched off for the layers of a model that is going to train."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes' Linear4bit
+            module.support_avx512bf16_for_cpu = False
+
+
 def peft_config(recipe: Recipe, task_type: str, new_token_ids: list[int] | None = None) -> PeftLoraConfig | None:
     """The adapter for lora/qlora runs; None for full fine-tuning.
 
