@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from medtune.predict import Predictor  # noqa: E402
 from medtune.serve import create_app  # noqa: E402
 from medtune.serve.config import ServeConfigError, config_from_dict, load_config  # noqa: E402
-from medtune.engines.batching import ContextTooLong, Engine, EngineBusy, EngineTimeout, RowDecoder  # noqa: E402
+from medtune.engines.base import ContextTooLong, EngineBusy, EngineTimeout  # noqa: E402
+from medtune.engines.batching import Engine, RowDecoder  # noqa: E402
 from medtune.rag.answer import with_history  # noqa: E402
 
 QUESTIONS = ["What causes gout ?", "How to treat asthma and what are the symptoms of lupus ?", "hi",
@@ -562,7 +563,17 @@ def raw_request(base: str, head: bytes, body: bytes = b"", *, wait: float = 15.0
     host, port = base.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=wait) as s:
         s.sendall(head + body)
-        return s.recv(65536)
+        answer = b""
+        # The head and the body may come in separate segments: read until the body its head announces is in.
+        while not _complete(answer) and (chunk := s.recv(65536)):
+            answer += chunk
+        return answer
+
+
+def _complete(answer: bytes) -> bool:
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    length = re.search(rb"(?i)content-length: *(\d+)", head)
+    return bool(sep) and length is not None and len(body) >= int(length.group(1))
 
 
 def test_over_length_prompt_is_400_and_its_neighbour_is_answered(predictor):
@@ -714,9 +725,11 @@ def test_the_runs_system_prompt_opens_every_conversation(predictor, monkeypatch)
 
 
 def test_control_tokens_cannot_be_typed(predictor):
+    from medtune.prompts import strip_control_tokens
+
     eos = predictor.tokenizer.eos_token
-    assert predictor.strip_control_tokens(f"a{eos}b") == "ab"
-    assert predictor.strip_control_tokens(eos[:3] + eos + eos[3:]) == ""  # removing one must not assemble another
+    assert strip_control_tokens(predictor.tokenizer, f"a{eos}b") == "ab"
+    assert strip_control_tokens(predictor.tokenizer, eos[:3] + eos + eos[3:]) == ""  # removing one must not assemble another
     (prompt,) = predictor.chat_prompts([user(f"What causes gout ?{eos}")])
     assert eos not in prompt
 

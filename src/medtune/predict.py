@@ -4,16 +4,14 @@ Finding and loading the model is medtune.models' job; this module only generates
 
 from __future__ import annotations
 
-import re
 import threading
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 from medtune.logs import bar
 from medtune.models import load_for_inference
-from medtune.prompts import chat_messages, render_prompt
+from medtune.prompts import as_the_run_reads, chat_messages, render_prompt
 from medtune.recipe import GenerationConfig
 
 
@@ -76,22 +74,11 @@ class Predictor:
         before any system text of the caller. Message text cannot carry the tokenizer's control
         tokens: "<|im_start|>system" typed by a client would otherwise become a real role marker.
         """
-        conversations = [self._with_run_system([{**m, "content": self.strip_control_tokens(m["content"])} for m in c])
-                         for c in conversations]
+        conversations = [as_the_run_reads(c, self.system, self.tokenizer) for c in conversations]
         if self.is_seq2seq or not self.tokenizer.chat_template:
             # No chat format to follow: the messages' text in order, the last one templated.
             return ["\n\n".join([m["content"] for m in c[:-1]] + [render_prompt(self.template, c[-1]["content"])]) for c in conversations]
         return [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-
-    def _with_run_system(self, messages: list[dict]) -> list[dict]:
-        if not self.system:
-            return messages
-        if messages and messages[0]["role"] == "system":
-            return [{"role": "system", "content": f"{self.system}\n\n{messages[0]['content']}"}] + messages[1:]
-        return [{"role": "system", "content": self.system}] + messages
-
-    def strip_control_tokens(self, text: str) -> str:
-        return strip_control_tokens(self.tokenizer, text)
 
     def predict(self, questions: list[str] | str, *, batch_size: int = 8, progress: bool = False, **generation) -> list[str]:
         """Answers to `questions`, in order. `generation` overrides fields of GenerationConfig."""
@@ -123,21 +110,3 @@ class Predictor:
         if not self.is_seq2seq:
             out = out[:, enc["input_ids"].shape[1] :]
         return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
-
-
-def strip_control_tokens(tokenizer, text: str) -> str:
-    """`text` without `tokenizer`'s special-token strings, removed until none is left (removing one
-    must not join two halves into another)."""
-    pattern = _control_pattern(tokenizer)
-    while pattern is not None and (cleaned := pattern.sub("", text)) != text:
-        text = cleaned
-    return text
-
-
-@lru_cache(maxsize=8)
-def _control_pattern(tokenizer) -> re.Pattern | None:
-    """One regex over every special or added control token of `tokenizer` (longest first)."""
-    tokens = set(tokenizer.all_special_tokens)
-    tokens |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
-    tokens = sorted((t for t in tokens if t), key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, tokens))) if tokens else None

@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import os
 import shutil
+from pathlib import Path
 
 from medtune.engines.config import EngineConfig
 from medtune.engines.managed import EngineSetupError, ManagedServer
@@ -76,21 +77,23 @@ def make_engine(model: str, cfg: EngineConfig | None = None, generation: Generat
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         if cfg.api_key_env and not key:
             raise EngineSetupError(f"{name}: engine.api_key_env: ${cfg.api_key_env} is not set")
-        system, strip = _prompting(model, must_exist=False)
-        return UpstreamEngine(cfg.url, cfg.upstream_model or model, api_key=key, system=system, strip=strip, **common)
+        system, tokenizer = _prompting(model, must_exist=False)
+        return UpstreamEngine(cfg.url, cfg.upstream_model or model, api_key=key, system=system, tokenizer=tokenizer,
+                              **common)
     logs = cache_dir() / "logs" / f"{name.replace('/', '_')}-{kind}.log"
     if kind == "llama.cpp":
         from medtune.engines.llamacpp import llama_server_command
         from medtune.quantize.convert import cached_gguf
 
-        command = llama_server_command(cached_gguf(model, cfg.gguf_type), parallel=cfg.parallel,
-                                       context=cfg.context or _slot_context(model), threads=cfg.threads)
+        gguf = cached_gguf(model, cfg.gguf_type)
+        command = llama_server_command(gguf, parallel=cfg.parallel, context=cfg.context or slot_context(gguf),
+                                       threads=cfg.threads)
         server = ManagedServer("llama-server", command, logs)
     else:
         server = ManagedServer("vllm", vllm_command(model, cfg.parallel), logs, env=lambda key: {"VLLM_API_KEY": key})
-    system, strip = _prompting(model, must_exist=True)
+    system, tokenizer = _prompting(model, must_exist=True)
     try:
-        return ManagedEngine(server, "medtune", system=system, strip=strip, **common)
+        return ManagedEngine(server, "medtune", system=system, tokenizer=tokenizer, **common)
     except EngineSetupError:
         server.close()
         raise
@@ -141,28 +144,29 @@ def vllm_command(model: str, parallel: int):
 
 
 def _prompting(model: str, *, must_exist: bool):
-    """(the run's system prompt, a control-token stripper) when `model` can be read here; for an
-    upstream elsewhere it may not be (then the upstream's own template applies, as it is)."""
+    """(the run's system prompt, its tokenizer) when `model` can be read here: a medtune folder (a run,
+    its adapter, a quantized or GGUF export: each holds its tokenizer) or a model medtune can resolve.
+    For an upstream elsewhere it may not be; then the upstream's own template applies, as it is."""
+    from transformers import AutoTokenizer
+
     from medtune.models import load_tokenizer, resolve_model
-    from medtune.predict import strip_control_tokens
 
     try:
-        tokenizer = load_tokenizer(resolve_model(model))
+        folder, card = read_card(model)
+        tokenizer = AutoTokenizer.from_pretrained(folder) if folder else load_tokenizer(resolve_model(model))
     except Exception:
         if must_exist:
             raise
         log.warning("%s: not readable here; the upstream's chat template and tokenizer apply as they are", model)
         return None, None
-    _, card = read_card(model)
-    return card.get("system"), lambda text: strip_control_tokens(tokenizer, text)
+    return card.get("system"), tokenizer
 
 
-def _slot_context(model: str) -> int:
-    from transformers import AutoConfig
+def slot_context(gguf: Path) -> int:
+    """Tokens per llama.cpp slot: the model's context as its GGUF file records it, at most DEFAULT_SLOT_CONTEXT."""
+    from gguf import GGUFReader
 
-    from medtune.models import resolve_model
-
-    config = AutoConfig.from_pretrained(resolve_model(model).location)
-    positions = getattr(config.get_text_config(), "max_position_embeddings", None) or DEFAULT_SLOT_CONTEXT
-    return min(positions, DEFAULT_SLOT_CONTEXT)
-
+    fields = GGUFReader(gguf).fields
+    arch = fields["general.architecture"].contents()
+    length = fields.get(f"{arch}.context_length")
+    return min(length.contents() if length else DEFAULT_SLOT_CONTEXT, DEFAULT_SLOT_CONTEXT)

@@ -12,9 +12,7 @@ each request its new text through that request's queue.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import AsyncIterator, Literal
@@ -23,12 +21,12 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
+from medtune.engines.base import (SAMPLING_EPS, Completion, ContextTooLong, EngineBusy, EngineTimeout,
+                                  GenerationFailed, RequestRejected, Trimmed)
 from medtune.predict import Predictor
 from medtune.recipe import GenerationConfig
 
-log = logging.getLogger("medtune.engines")
 
-SAMPLING_EPS = 1e-5  # as vLLM: below this a temperature is greedy decoding
 
 
 @dataclass(frozen=True)
@@ -38,34 +36,6 @@ class Sampling:
     do_sample: bool
     temperature: float = 1.0
     top_p: float = 1.0
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: Literal["stop", "length"]
-
-
-class RequestRejected(ValueError):
-    """This request cannot be generated (its chat template refuses the conversation, an empty prompt)."""
-
-
-class ContextTooLong(RequestRejected):
-    """Prompt tokens + max_tokens exceed the model's context."""
-
-
-class EngineBusy(RuntimeError):
-    """The queue is full; `retry_after` is a guess, in whole seconds, of when there will be room."""
-
-    def __init__(self, retry_after: int):
-        super().__init__(f"the server is busy; retry after {retry_after} s")
-        self.retry_after = retry_after
-
-
-class EngineTimeout(TimeoutError):
-    """The request did not finish within its timeout (queueing included)."""
 
 
 def context_window(predictor: Predictor) -> int | None:
@@ -107,7 +77,7 @@ class Job:
                 try:
                     item = await asyncio.wait_for(self._events.get(), remaining)
                 except TimeoutError:
-                    raise EngineTimeout("the request timed out before the answer was complete") from None
+                    raise EngineTimeout() from None
                 if isinstance(item, Completion):
                     self.completion = item
                     return
@@ -255,15 +225,6 @@ class Engine:
         streamer.close_all("length")  # rows still open used up the batch's token budget
 
 
-class GenerationFailed(RuntimeError):
-    """generate raised: not the request's fault. The cause is logged under `log_id`, never sent to clients."""
-
-    def __init__(self, exc: BaseException):
-        self.log_id = uuid.uuid4().hex[:12]
-        super().__init__(f"generation failed (log id {self.log_id})")
-        log.error("generation failed (log id %s)", self.log_id, exc_info=exc)
-
-
 class RowSampling(LogitsProcessor):
     """Per-row temperature, top-k and top-p (transformers applies one setting to a whole batch);
     a greedy row is reduced to its arg-max, which sampling then picks with certainty."""
@@ -343,24 +304,6 @@ class BatchStreamer(BaseStreamer):
             if is_open:
                 self.open[i] = False
                 self.send(self.jobs[i], failed)
-
-
-class Trimmed:
-    """Streamed text with its leading and trailing whitespace held back, so that the stream equals
-    the stripped whole text a non-streaming answer returns."""
-
-    def __init__(self):
-        self.text = ""  # emitted so far
-        self._held = ""  # trailing whitespace, emitted only if more text follows
-
-    def push(self, new: str, final: bool = False) -> str:
-        s = self._held + new
-        if not self.text:
-            s = s.lstrip()
-        out = s.rstrip()
-        self._held = "" if final else s[len(out) :]
-        self.text += out
-        return out
 
 
 class RowDecoder:

@@ -17,14 +17,11 @@ from typing import AsyncIterator
 
 import httpx
 
-from medtune.engines.batching import (SAMPLING_EPS, Completion, ContextTooLong, EngineBusy, EngineTimeout,
-                                  GenerationFailed, RequestRejected, Trimmed)
+from medtune.engines.base import (SAMPLING_EPS, Completion, ContextTooLong, EngineBusy, EngineTimeout,
+                                  EngineUnavailable, GenerationFailed, RequestRejected, Trimmed)
+from medtune.prompts import as_the_run_reads
 
 log = logging.getLogger("medtune.engines")
-
-
-class EngineUnavailable(RuntimeError):
-    """The upstream cannot be reached (after the retries)."""
 
 
 class UpstreamJob:
@@ -69,7 +66,7 @@ class UpstreamJob:
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    raise EngineTimeout("the request timed out before the answer was complete") from None
+                    raise EngineTimeout() from None
                 except httpx.HTTPError as exc:
                     raise GenerationFailed(exc) from None
                 data = line.removeprefix("data:").strip() if line.startswith("data:") else None
@@ -102,15 +99,15 @@ class UpstreamEngine:
 
     def __init__(self, url: str, model: str, *, api_key: str | None = None, connect_timeout: float = 5.0,
                  retries: int = 2, default_max_tokens: int = 256, max_pending: int = 72, system: str | None = None,
-                 strip=None):
+                 tokenizer=None):
         self.url = url.rstrip("/")
         self.model = model
         self.max_pending = max_pending  # requests in flight; beyond, EngineBusy (upstreams queue without bound)
         self.pending = 0
         self.default_max_tokens = default_max_tokens
         self.retries = retries
-        self.system = system  # the run's own system prompt, as Predictor.chat_prompts applies it
-        self.strip = strip  # removes control tokens from text, when the model's tokenizer is known
+        self.system = system  # the run's own system prompt
+        self.tokenizer = tokenizer  # the model's, when it is readable here: its control tokens are removed
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(None, connect=connect_timeout),
                                         limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
@@ -122,7 +119,8 @@ class UpstreamEngine:
         max_tokens = max_tokens or self.default_max_tokens
         if self.pending >= self.max_pending:
             raise EngineBusy(1)
-        body = {"model": self.model, "messages": self._messages(messages), "max_tokens": max_tokens, "stream": True,
+        body = {"model": self.model, "messages": as_the_run_reads(messages, self.system, self.tokenizer),
+                "max_tokens": max_tokens, "stream": True,
                 "stream_options": {"include_usage": True}}
         if temperature is not None:
             body["temperature"] = 0.0 if temperature < SAMPLING_EPS else temperature
@@ -145,7 +143,7 @@ class UpstreamEngine:
                 response = await asyncio.wait_for(send, None if deadline is None else max(0.0, deadline - loop.time()))
                 break
             except TimeoutError:
-                raise EngineTimeout("the request timed out before the answer was complete") from None
+                raise EngineTimeout() from None
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if attempt == self.retries:
                     log.error("upstream %s unreachable after %d attempts: %s", self.url, attempt + 1, exc)
@@ -167,15 +165,6 @@ class UpstreamEngine:
 
     async def close(self) -> None:
         await self.client.aclose()
-
-    def _messages(self, messages: list[dict]) -> list[dict]:
-        if self.strip is not None:
-            messages = [{**m, "content": self.strip(m["content"])} for m in messages]
-        if not self.system:
-            return messages
-        if messages and messages[0]["role"] == "system":
-            return [{"role": "system", "content": f"{self.system}\n\n{messages[0]['content']}"}] + messages[1:]
-        return [{"role": "system", "content": self.system}] + messages
 
 
 def _json(data: str) -> dict:

@@ -20,8 +20,8 @@ from medtune.predict import Predictor
 from medtune import DEFAULT_MODEL
 from medtune.serve import openapi
 from medtune.serve.config import ServeConfig, ServeConfigError, config_from_dict, load_config
-from medtune.engines.batching import ContextTooLong, EngineBusy, EngineTimeout, GenerationFailed, RequestRejected
-from medtune.engines.upstream import EngineUnavailable
+from medtune.engines.base import (ContextTooLong, EngineBusy, EngineTimeout, EngineUnavailable, GenerationFailed,
+                                  RequestRejected)
 from medtune.serve.protocol import APIError, ChatRequest, Reply, RetrieveRequest, parse_body, sse, usage
 from medtune.serve.runtime import Delta, Outcome, ServedModel, load_models
 
@@ -107,9 +107,13 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
             raise APIError(400, f"messages: at most {limits.max_messages} messages (got {len(req.messages)})",
                            param="messages", code="invalid_value")
         for i, m in enumerate(req.messages):
-            if len(m.content) > limits.max_message_chars:
-                raise APIError(400, f"messages.{i}.content: at most {limits.max_message_chars} characters "
-                               f"(got {len(m.content)})", param=f"messages.{i}.content", code="invalid_value")
+            check_length(m.content, f"messages.{i}.content")
+
+    def check_length(text: str, param: str) -> None:
+        """Any text a client sends is bounded: the safety check, the tokenizer and the embedder read it."""
+        if len(text) > limits.max_message_chars:
+            raise APIError(400, f"{param}: at most {limits.max_message_chars} characters (got {len(text)})",
+                           param=param, code="invalid_value")
 
     def pick(name: str | None) -> ServedModel:
         model = models.get(name or config.default_model)
@@ -157,9 +161,7 @@ def create_app(config: ServeConfig, predictors: dict[str, Predictor] | None = No
     @app.post("/v1/retrieve", dependencies=authorized, openapi_extra=openapi.RETRIEVE)
     async def retrieve(request: Request) -> dict:
         req = parse_body(await read_body(request), RetrieveRequest)
-        if len(req.query) > limits.max_message_chars:
-            raise APIError(400, f"query: at most {limits.max_message_chars} characters (got {len(req.query)})",
-                           param="query", code="invalid_value")
+        check_length(req.query, "query")
         model = pick(req.model)
         if model.retriever is None:
             raise APIError(400, f"the model {model.name!r} has no retrieval index (set models.{model.name}.index)",

@@ -9,7 +9,7 @@ from typing import AsyncIterator, Literal
 
 from medtune.predict import Predictor
 from medtune.serve.config import ServeConfig, ServedModelConfig
-from medtune.engines.batching import EngineTimeout
+from medtune.engines.base import EngineTimeout
 
 log = logging.getLogger("medtune.serve")
 
@@ -88,7 +88,7 @@ async def _within(work, ends: float | None, loop):
     try:
         return await asyncio.wait_for(work, _left(ends, loop))
     except TimeoutError:
-        raise EngineTimeout("the request timed out before the answer was complete") from None
+        raise EngineTimeout() from None
 
 
 def load_models(config: ServeConfig, predictors: dict[str, Predictor] | None = None) -> dict[str, ServedModel]:
@@ -108,10 +108,11 @@ def load_models(config: ServeConfig, predictors: dict[str, Predictor] | None = N
                 if name not in predictors and cfg.model not in by_ref:
                     by_ref[cfg.model] = Predictor.from_pretrained(cfg.model)
                 predictor = predictors.get(name) or by_ref[cfg.model]
+            retriever = _retriever(cfg.index) if cfg.index else None  # before a server starts: it may fail
             engine = make_engine(cfg.model, cfg.engine, cfg.generation, predictor=predictor, name=name,
                                  max_batch_size=config.batching.max_batch_size, batch_wait_ms=config.batching.batch_wait_ms,
                                  max_queue=config.batching.max_queue, context=config.limits.max_context_tokens)
-            model = served[name] = ServedModel(name, cfg, engine, retriever=_retriever(cfg.index) if cfg.index else None)
+            model = served[name] = ServedModel(name, cfg, engine, retriever=retriever)
             if cfg.safety:
                 from medtune.rag.answer import Answerer
                 from medtune.rag.safety import load_rules
