@@ -39,21 +39,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from medtune.testing import make_llama, qa_rows  # noqa: E402
+
 DISEASES = ["gout", "asthma", "lupus", "anemia", "psoriasis", "scurvy", "rickets", "measles", "glaucoma", "migraine",
             "malaria", "tetanus", "shingles", "goiter", "eczema", "sepsis"]
-QTYPES = {
-    "symptoms": ("What are the symptoms of {d} ?", "Symptoms of {d} include pain , fatigue and fever ."),
-    "treatment": ("How to treat {d} ?", "Treatment of {d} includes rest , medicines and follow-up visits ."),
-    "causes": ("What causes {d} ?", "{d} is caused by genetic and environmental factors ."),
-    "information": ("What is (are) {d} ?", "{d} is a chronic condition that affects many people ."),
-}
 SPEED_SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                    num_key_value_heads=4, vocab_size=32000)  # TinyLlama-1.1B's shape
-
-
-def qa_rows() -> list[dict]:
-    return [{"id": f"{d}-{q}", "question": a.format(d=d), "answer": b.format(d=d), "focus": d, "qtype": q}
-            for d in DISEASES for q, (a, b) in QTYPES.items()]
 
 
 class Skip(Exception):
@@ -68,10 +59,9 @@ class Kit:
         self.cuda = torch.cuda.is_available() and not cpu_smoke
         self.results: list[dict] = []
         self.data = work / "qa.jsonl"
-        self.data.write_text("".join(json.dumps(r) + "\n" for r in qa_rows()))
-        from medtune.testing import make_llama
+        self.data.write_text("".join(json.dumps(r) + "\n" for r in qa_rows(DISEASES)))
 
-        texts = [t for r in qa_rows() for t in (r["question"], r["answer"])]
+        texts = [t for r in qa_rows(DISEASES) for t in (r["question"], r["answer"])]
         # 64 wide at least: bitsandbytes' NF4 blocks hold 64 inputs.
         self.tiny = make_llama(work / "tiny-llama", texts * 5, vocab_size=400, hidden=64, layers=2)
 
@@ -166,7 +156,7 @@ class Kit:
     def quantize(self) -> dict:
         from medtune.quantize import quantize
 
-        texts = [r["answer"] for r in qa_rows()[:24]]
+        texts = [r["answer"] for r in qa_rows(DISEASES)[:24]]
         figures = {}
         for method in ("bnb4", "bnb8"):
             out = quantize(self.tiny, method, self.work / method, eval_texts=texts)

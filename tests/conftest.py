@@ -10,20 +10,12 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 DISEASES = ["asthma", "gout", "anemia", "psoriasis", "migraine", "glaucoma", "measles", "rickets", "scurvy", "lupus"]
-QTYPES = {
-    "symptoms": ("What are the symptoms of {d} ?", "The symptoms of {d} include pain , fatigue and fever ."),
-    "treatment": ("How to treat {d} ?", "Treatment of {d} includes rest , medicines and follow-up visits ."),
-    "causes": ("What causes {d} ?", "{d} is caused by genetic and environmental factors ."),
-    "information": ("What is (are) {d} ?", "{d} is a chronic condition that affects many people ."),
-}
 
 
 def qa_rows() -> list[dict]:
-    return [
-        {"id": f"{d}-{q}", "question": qa[0].format(d=d), "answer": qa[1].format(d=d), "focus": d, "qtype": q, "url": f"https://example.org/{d}"}
-        for d in DISEASES
-        for q, qa in QTYPES.items()
-    ]
+    from medtune.testing import qa_rows
+
+    return qa_rows(DISEASES)
 
 
 @pytest.fixture(scope="session")
@@ -83,15 +75,16 @@ def passages():
     from medtune.rag.passages import Passage
 
     return [
+        Passage(id="noonan-1", title="Noonan syndrome", url="https://ghr.nlm.nih.gov/condition/noonan-syndrome", source="GHR",
+                lang="en", text="Noonan syndrome is a condition that affects many areas of the body. It is characterized by "
+                                "mildly unusual facial features, short stature, heart defects, bleeding problems, and "
+                                "skeletal malformations."),
         Passage(id="gout-1", title="Gout", url="https://www.niams.nih.gov/health-topics/gout", source="NIAMS", lang="en",
                 text="Gout is a form of arthritis that causes sudden attacks of pain and swelling in the joints. It is caused "
                      "by too much uric acid in the blood, which forms crystals in a joint."),
         Passage(id="asthma-1", title="Asthma", url="https://www.nhlbi.nih.gov/health/asthma", source="NHLBI", lang="en",
                 text="Asthma is a chronic lung disease that inflames and narrows the airways. Symptoms include wheezing, chest "
                      "tightness, shortness of breath and coughing."),
-        Passage(id="noonan-1", title="Noonan syndrome", url="https://ghr.nlm.nih.gov/condition/noonan-syndrome", source="GHR",
-                lang="en", text="Noonan syndrome is a condition that affects many areas of the body. It is characterized by "
-                                "mildly unusual facial features, short stature, heart defects and bleeding problems."),
     ]
 
 

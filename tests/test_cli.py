@@ -2,7 +2,8 @@ import json
 import subprocess
 import sys
 
-from conftest import DISEASES, QTYPES
+from conftest import DISEASES
+from medtune.testing import QTYPES
 
 
 def _run(*args):

@@ -16,21 +16,12 @@ import medtune.rag
 from medtune.rag.answer import Answerer, ask, with_history
 from medtune.rag.embedder import Embedder
 from medtune.rag.index import build_index, load_index
+from conftest import passages as fixture_passages
 from medtune.rag.passages import Passage
 from medtune.rag.retrieve import Hit, Retriever
 from medtune.rag.safety import MAX_CHARS
 
-PASSAGES = [
-    Passage(id="noonan-1", title="Noonan syndrome", url="https://ghr.nlm.nih.gov/condition/noonan-syndrome", source="GHR", lang="en",
-            text="Noonan syndrome is a condition that affects many areas of the body. It is characterized by mildly unusual facial "
-                 "features, short stature, heart defects, bleeding problems, and skeletal malformations."),
-    Passage(id="gout-1", title="Gout", url="https://www.niams.nih.gov/health-topics/gout", source="NIAMS", lang="en",
-            text="Gout is a form of arthritis that causes sudden attacks of pain and swelling in the joints. It is caused by too much "
-                 "uric acid in the blood, which forms crystals in a joint."),
-    Passage(id="asthma-1", title="Asthma", url="https://www.nhlbi.nih.gov/health/asthma", source="NHLBI", lang="en",
-            text="Asthma is a chronic lung disease that inflames and narrows the airways. Symptoms include wheezing, chest "
-                 "tightness, shortness of breath and coughing."),
-]
+PASSAGES = fixture_passages()  # noonan-1, gout-1, asthma-1
 
 
 # Expected messages read straight from the rules file, not through SafetyRules (the code under test).

@@ -38,6 +38,21 @@ from transformers import (
 from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
 
 
+# Templated QA rows in medtune's record fields: the data of the test suite and of benchmarks/gpu_check.py.
+QTYPES = {
+    "symptoms": ("What are the symptoms of {d} ?", "The symptoms of {d} include pain , fatigue and fever ."),
+    "treatment": ("How to treat {d} ?", "Treatment of {d} includes rest , medicines and follow-up visits ."),
+    "causes": ("What causes {d} ?", "{d} is caused by genetic and environmental factors ."),
+    "information": ("What is (are) {d} ?", "{d} is a chronic condition that affects many people ."),
+}
+
+
+def qa_rows(diseases: Iterable[str]) -> list[dict]:
+    """One question and answer per disease and question type, with its focus, type and a URL."""
+    return [{"id": f"{d}-{q}", "question": a.format(d=d), "answer": b.format(d=d), "focus": d, "qtype": q,
+             "url": f"https://example.org/{d}"} for d in diseases for q, (a, b) in QTYPES.items()]
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, *, seq2seq: bool = True) -> PreTrainedTokenizerFast:
     """BPE over `texts`.
 
