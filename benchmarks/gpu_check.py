@@ -16,13 +16,18 @@ speed.
   speed_lora     bf16 LoRA on the 1.1B shape, packed 2,048-token rows: tokens/s and MFU (GPU only)
   speed_full     the same, full fine-tuning (GPU only)
   speed_qlora    QLoRA step time on that shape against bf16 LoRA's (GPU only; target <= 1.5x)
-  fsdp           FSDP on 2 GPUs (needs 2 GPUs and recipes/accelerate/fsdp.yaml)
+  headqa_eval    `medtune eval` of the tiny model on 50 HEAD-QA (es) items, on the GPU and on the CPU:
+                 the same answers (needs --data-dir with head_qa/es)
+  fsdp           full fine-tuning of the tiny model under `accelerate launch --config_file
+                 recipes/accelerate/fsdp.yaml` on 2 GPUs: the loss falls, checkpoints are sharded,
+                 the saved model is whole (SKIPPED with fewer GPUs; CI runs the 2-process CPU
+                 config in tests/test_train_sharded.py)
 
 MFU = model FLOPs / time / the GPU's dense bf16 peak (--peak-tflops, 790 measured on the lent
 H200). FLOPs per token: 6N for full fine-tuning, 4N for LoRA (frozen weights get no weight
 gradient), plus attention, 6 * layers * sequence * hidden (causal: half of 12).
 
-    python benchmarks/gpu_check.py                 # on the device (see the README for the wheels it carries)
+    python benchmarks/gpu_check.py --data-dir .device/data   # on the device (the README says what it carries)
     python benchmarks/gpu_check.py --cpu-smoke     # here and in CI: the tiny model, CUDA-only steps SKIPPED
 """
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,10 +58,10 @@ class Skip(Exception):
 
 
 class Kit:
-    def __init__(self, out: Path, work: Path, cpu_smoke: bool, peak_tflops: float):
+    def __init__(self, out: Path, work: Path, cpu_smoke: bool, peak_tflops: float, data_dir: Path | None):
         import torch
 
-        self.out, self.work, self.peak = out, work, peak_tflops * 1e12
+        self.out, self.work, self.peak, self.data_dir = out, work, peak_tflops * 1e12, data_dir
         self.cuda = torch.cuda.is_available() and not cpu_smoke
         self.results: list[dict] = []
         self.data = work / "qa.jsonl"
@@ -223,13 +229,57 @@ class Kit:
             figures["step_time_vs_bf16_lora"] = round(figures["step_s"] / self.lora_step["step_s"], 2)
         return figures
 
+    # ---- evaluation and sharding, through medtune's command line ---------------------------------
+
+    def headqa_eval(self) -> dict:
+        if self.data_dir is None or not (self.data_dir / "head_qa" / "es").is_dir():
+            raise Skip("no HEAD-QA here: --data-dir DIR with head_qa/es (scripts/device_kit.sh copies it into .device/data)")
+        answers = {}
+        for device in ("cuda", "cpu") if self.cuda else ("cpu",):
+            out = self.work / f"eval-{device}"
+            env = {} if device == "cuda" else {"CUDA_VISIBLE_DEVICES": ""}
+            _medtune("eval", str(self.tiny), "--tasks", "headqa_es", "--limit", "50", "--data-dir", str(self.data_dir),
+                     "--out", str(out), env=env)
+            report = json.loads((out / "report.json").read_text())
+            if report["settings"]["device"] != device:
+                raise AssertionError(f"asked for {device}, scored on {report['settings']['device']}")
+            rows = [json.loads(line) for line in (out / "items" / "headqa_es.jsonl").read_text().splitlines()]
+            answers[device] = ([r["pred"] for r in rows], report["tasks"]["headqa_es"]["metrics"]["accuracy"]["value"])
+        figures = {"items": len(answers["cpu"][0]), "accuracy_cpu": round(answers["cpu"][1], 3)}
+        if self.cuda:
+            same = sum(a == b for a, b in zip(answers["cuda"][0], answers["cpu"][0]))
+            figures |= {"accuracy_gpu": round(answers["cuda"][1], 3), "same_answers": same}
+            if same != len(answers["cpu"][0]):
+                raise AssertionError(f"GPU and CPU answers differ on {len(answers['cpu'][0]) - same} of {len(answers['cpu'][0])} items")
+        return figures
+
     def fsdp(self) -> dict:
         import torch
 
         self.needs_cuda()
         if torch.cuda.device_count() < 2:
             raise Skip(f"FSDP needs 2 GPUs; this machine has {torch.cuda.device_count()}")
-        raise Skip("recipes/accelerate/fsdp.yaml is not written yet (issue 15, item 2)")
+        recipe = self.recipe("fsdp", method="full", max_steps=12, save_steps=6, learning_rate=1e-3, gradient_checkpointing=False)
+        path = self.work / "fsdp.yaml"
+        path.write_text(json.dumps(recipe))  # JSON is YAML
+        run_dir = self.work / "fsdp"
+        config = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "fsdp.yaml"
+        proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
+                               "-m", "medtune.cli", "train", str(path), "--run-dir", str(run_dir)], capture_output=True, text=True)
+        if proc.returncode:
+            raise AssertionError(proc.stderr[-3000:])
+        report = json.loads((run_dir / "report.json").read_text())
+        losses = [h["loss"] for h in report["train"]["log_history"] if "loss" in h]
+        shards = sorted(p.name for p in (run_dir / "checkpoints" / "checkpoint-12" / "pytorch_model_fsdp_0").glob("*.distcp"))
+        if not losses[-1] < losses[0] or len(shards) != 2 or not (run_dir / "model" / "model.safetensors").is_file():
+            raise AssertionError(f"losses {losses}, checkpoint shards {shards}, model {list((run_dir / 'model').iterdir())}")
+        return {"loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4), "checkpoint_shards": len(shards)}
+
+
+def _medtune(*args: str, env: dict | None = None) -> None:
+    proc = subprocess.run([sys.executable, "-m", "medtune.cli", "-q", *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if proc.returncode:
+        raise AssertionError(f"medtune {args[0]} failed: {proc.stderr[-3000:]}")
 
 
 def _has_cuda() -> bool:
@@ -258,6 +308,9 @@ def main() -> None:
     ap.add_argument("--cpu-smoke", action="store_true", help="the CPU with the tiny model; CUDA-only steps SKIPPED")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu_check"))
     ap.add_argument("--peak-tflops", type=float, default=790.0, help="the GPU's dense bf16 peak, for MFU")
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    ap.add_argument("--data-dir", type=Path, default=shared if shared.is_dir() else None,
+                    help="folder with head_qa/es for the eval step (default: ../shared/data when it exists)")
     args = ap.parse_args()
 
     import torch
@@ -267,8 +320,8 @@ def main() -> None:
     setup(-1)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        kit = Kit(args.out, Path(tmp), args.cpu_smoke, args.peak_tflops)
-        for name in ("qlora_sft", "merge", "dpo", "quantize", "speed_lora", "speed_full", "speed_qlora", "fsdp"):
+        kit = Kit(args.out, Path(tmp), args.cpu_smoke, args.peak_tflops, args.data_dir)
+        for name in ("qlora_sft", "merge", "dpo", "quantize", "speed_lora", "speed_full", "speed_qlora", "headqa_eval", "fsdp"):
             kit.step(name, getattr(kit, name))
     device = torch.cuda.get_device_name(0) if kit.cuda else "cpu"
     report = {"device": device, "torch": torch.__version__, "cpu_smoke": args.cpu_smoke, "steps": kit.results}

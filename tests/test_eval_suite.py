@@ -89,8 +89,9 @@ def test_eval_writes_report_items_and_charts(tiny_llama, data_dir, tmp_path):
     assert m["by_category"]["medicine"]["accuracy"]["value"] == pytest.approx(medicine / 4)
     assert m["accuracy"]["ci95"][0] <= m["accuracy"]["value"] <= m["accuracy"]["ci95"][1]
     assert task["example_prompt"].startswith("Question: ") and task["example_prompt"].count("Question: ") == 2  # one shot + the item
+    assert (report["settings"]["device"], report["settings"]["dtype"]) == ("cpu", "float32")  # no GPU here: fp32 on the CPU
     md = (out / "report.md").read_text()
-    assert "| headqa_en | 6 |" in md and "![accuracy per task](accuracy.png)" in md
+    assert "| headqa_en | 6 |" in md and "![accuracy per task](accuracy.png)" in md and "Scored on cpu in float32." in md
     assert (out / "accuracy.png").stat().st_size > 1000 and (out / "headqa_en.png").is_file()
 
 

@@ -87,3 +87,21 @@ def test_dry_run_plans_seed004_without_weights():
     shared = ROOT.parent / "shared" / "data" / "ai_medical_chatbot" / "sample.jsonl"
     if shared.exists():
         assert sum(plan["data"]["splits"].values()) == 670
+    assert "fsdp" not in plan
+
+
+def test_dry_run_plans_70b_fsdp_qlora_per_gpu():
+    proc = subprocess.run([sys.executable, "-m", "medtune.cli", "train", "recipes/seed004-llama31-qlora-chatbot.yaml", "--dry-run",
+                           "--shards", "2", "--set", "model.name_or_path=meta-llama/Llama-3.1-70B-Instruct"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert 70.5e9 < plan["parameters"]["total"] < 70.6e9  # Llama-3.1-70B: 70.55 B parameters
+    whole, per_gpu = plan["memory_estimate_gib"], plan["fsdp"]["memory_per_gpu_gib"]
+    assert whole["weights"] > 32  # NF4 weights alone exceed a 24/32 GB card...
+    assert per_gpu["weights"] == pytest.approx(whole["weights"] / 2, abs=0.01)  # ...half of them on each of 2
+    assert per_gpu["activations"] == whole["activations"]  # each GPU runs its own rows
+    assert per_gpu["total"] < 80 * 0.93  # 2 x 80 GB
+    bad = subprocess.run([sys.executable, "-m", "medtune.cli", "train", "recipes/seed004-llama31-qlora-chatbot.yaml", "--shards", "0", "--dry-run"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert bad.returncode != 0 and "--shards" in bad.stderr

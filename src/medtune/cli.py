@@ -22,11 +22,14 @@ def _train(args) -> None:
         run_dir, recipe_path = args.run_dir, args.recipe
     else:
         raise SystemExit("medtune train: give a RECIPE, or --resume RUN_DIR")
+    if args.shards < 1 or (args.shards > 1 and not args.dry_run):
+        raise SystemExit("medtune train: --shards N (N >= 1) plans memory per GPU with --dry-run; to train sharded, "
+                         "launch with accelerate launch --config_file recipes/accelerate/fsdp.yaml")
     recipe = load_recipe(recipe_path, args.set)
     if args.dry_run:
         from medtune.train.plan import plan
 
-        print(json.dumps(plan(recipe), indent=2))
+        print(json.dumps(plan(recipe, shards=args.shards), indent=2))
         return
     print(run(recipe, run_dir=run_dir, resume=bool(args.resume)))
 
@@ -239,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its latest checkpoint")
     t.add_argument("--run-dir", type=Path, help="write the run here instead of output_dir/<name>-<time>")
     t.add_argument("--dry-run", action="store_true", help="print the plan (model, data counts, parameters, memory) and stop")
+    t.add_argument("--shards", type=int, default=1, metavar="N",
+                   help="with --dry-run: also plan the memory per GPU of FSDP over N GPUs (recipes/accelerate/fsdp.yaml)")
     t.set_defaults(func=_train)
 
     pr = sub.add_parser("predict", help="answer questions with a trained run or a model")

@@ -8,6 +8,7 @@ pair files), starting from a base model, an SFT run's model or an SFT run's adap
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -23,12 +24,13 @@ from medtune.train.perplexity import answer_perplexity
 from medtune.eval.report import plot_loss_curve, write_report
 from medtune.io import write_atomic
 from medtune.logs import log
-from medtune.models import load_start, resolve_start, run_card, write_card
+from medtune.models import load_for_inference, load_start, resolve_start, run_card, write_card
 from medtune.predict import Predictor
 from medtune.recipe import Recipe, RecipeError, dump_recipe
 from medtune.train.common import cpu_only, fit
 from medtune.train.lora import check_method, quantization_config, trainable_on_cpu
 from medtune.train.seq2seq import build_seq2seq_trainer
+from medtune.train.sharding import save_full_model
 from medtune.train.sft import build_sft_trainer, prepare_tokenizer
 
 
@@ -49,6 +51,8 @@ def new_run_dir(recipe: Recipe) -> Path:
 def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, callbacks: list[TrainerCallback] | None = None) -> Path:
     state = PartialState(cpu=cpu_only())  # joins the process group under torchrun / accelerate launch
     main = state.is_main_process
+    if not main:
+        log.setLevel(logging.WARNING)  # one set of status lines per run, not one per process
     check_method(recipe)
     m = recipe.model
     start = resolve_start(m.name_or_path, m.kind, m.revision)
@@ -77,18 +81,21 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, ca
         trainer = build(recipe, model, tokenizer, data.splits, run_dir, callbacks=callbacks)
 
     answers_questions = recipe.train.objective == "sft"  # pretrain: plain text, nothing to generate answers for
-    before = _evaluate(trainer, tokenizer, recipe, data.splits, generate=recipe.eval.compare_before and answers_questions) if main else {}
+    compare = recipe.eval.compare_before and answers_questions
+    before = _evaluate(trainer, trainer.model, tokenizer, recipe, data.splits, generate=compare) if main else {}
     result = fit(trainer, resume=resume)
 
     adapter = recipe.train.method != "full"
     model_dir = run_dir / ("adapter" if adapter else "model")
-    trainer.save_model(str(model_dir))  # an adapter run saves the adapter alone, not the base
+    save_full_model(trainer, str(model_dir))  # an adapter run saves the adapter alone, not the base
     state.wait_for_everyone()
     if main:
         p = recipe.prompt
         write_card(model_dir, run_card(template=p.template, system=p.system, generation=recipe.eval.generation.model_dump(),
                                        base=resolved, adapter=adapter))
-        after = _evaluate(trainer, tokenizer, recipe, data.splits, generate=answers_questions)
+        # A sharded model's weights are spread over the processes: the main one evaluates the saved model.
+        trained = load_for_inference(model_dir)[0].eval() if trainer.is_fsdp_enabled else trainer.model
+        after = _evaluate(trainer, trained, tokenizer, recipe, data.splits, generate=answers_questions)
         if recipe.align:
             after["metrics"] |= _final_rewards(result.log_history)
         _write_predictions(run_dir / "predictions.jsonl", after.pop("predictions", []))
@@ -134,15 +141,16 @@ def _final_rewards(log_history: list[dict]) -> dict:
     return {"reward_accuracy": evals[-1]["accuracy"], "reward_margin": evals[-1]["margin"]} if evals else {}
 
 
-def _evaluate(trainer, tokenizer, recipe: Recipe, splits, *, generate: bool) -> dict:
-    """Held-out perplexity, and (with `generate`) generation metrics and answers to the recipe's questions."""
+def _evaluate(trainer, model, tokenizer, recipe: Recipe, splits, *, generate: bool) -> dict:
+    """Held-out perplexity of `model` on the trainer's validation set, and (with `generate`) generation
+    metrics and answers to the recipe's questions."""
     out: dict = {"metrics": {}}
     if "perplexity" in recipe.eval.metrics and trainer.eval_dataset is not None:
-        out["perplexity"] = _perplexity(trainer)
+        out["perplexity"] = _perplexity(trainer, model)
         out["metrics"]["perplexity"] = out["perplexity"]["perplexity"]
     if generate:
         p = recipe.prompt
-        predictor = Predictor(trainer.model, tokenizer, template=p.template, system=p.system, generation=recipe.eval.generation)
+        predictor = Predictor(model, tokenizer, template=p.template, system=p.system, generation=recipe.eval.generation)
         split = recipe.eval.split if len(splits[recipe.eval.split]) else "validation"
         generated = evaluate_generation(predictor, splits[split], recipe.eval, split=split)
         out |= generated | {"metrics": out["metrics"] | generated["metrics"]}
@@ -164,10 +172,10 @@ def _before_after(before: dict, after: dict, questions: list[str]) -> dict:
     return evaluation
 
 
-def _perplexity(trainer) -> dict:
+def _perplexity(trainer, model) -> dict:
     # A DPO trainer's eval set holds pairs: perplexity is that of their chosen (reference) answers.
     ds, collator = trainer.perplexity_inputs() if isinstance(trainer, MedtuneDPOTrainer) else (trainer.eval_dataset, trainer.data_collator)
-    return answer_perplexity(trainer.model, ds, collator, batch_size=trainer.args.per_device_eval_batch_size)
+    return answer_perplexity(model, ds, collator, batch_size=trainer.args.per_device_eval_batch_size)
 
 
 def _write_predictions(path: Path, rows: list[dict]) -> None:

@@ -37,6 +37,7 @@ from medtune.predict import Predictor
 from medtune.prompts import chat_messages
 from medtune.recipe import PairsConfig, PromptConfig, Recipe, RecipeError
 from medtune.train.common import CountTokens, trainer_setup
+from medtune.train.sharding import FsdpOnCpu
 from medtune.train.lora import peft_config
 
 POLICY, REFERENCE = "default", "ref"  # PEFT's name for the trained adapter; TRL's for its frozen copy
@@ -77,7 +78,7 @@ def pairs_dataset(pairs: list[Pair], prompt: PromptConfig) -> datasets.Dataset:
     ])
 
 
-class MedtuneDPOTrainer(CountTokens, DPOTrainer):
+class MedtuneDPOTrainer(CountTokens, FsdpOnCpu, DPOTrainer):
     """DPOTrainer with token counting, length-grouped batches, counted overlong pairs and a clean final save."""
 
     def __init__(self, *args, **kwargs):

@@ -81,7 +81,8 @@ def evaluate(
     report = {
         "model": str(model_ref),
         "settings": {"num_fewshot": num_fewshot, "limit": limit, "prompt_language": prompt_language, "seed": seed,
-                     "engine": (engine or EngineConfig()).kind},
+                     "engine": (engine or EngineConfig()).kind, "device": predictor.model.device.type,
+                     "dtype": str(predictor.model.dtype).removeprefix("torch.")},
         "tasks": results,
     }
     write_suite_report(out_dir, report)

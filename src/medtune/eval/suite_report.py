@@ -32,7 +32,8 @@ def _pct(m: dict) -> str:
 def render_suite_markdown(report: dict) -> str:
     s = report["settings"]
     lines = [f"# Evaluation of `{report['model']}`", "",
-             f"{s['num_fewshot']}-shot; values in % with bootstrap 95% intervals." + (f" First {s['limit']} items per task." if s["limit"] else ""), ""]
+             f"{s['num_fewshot']}-shot; values in % with bootstrap 95% intervals." + (f" First {s['limit']} items per task." if s["limit"] else "")
+             + (f" Scored on {s['device']} in {s['dtype']}." if "device" in s else ""), ""]
     choice = {n: t for n, t in report["tasks"].items() if t["kind"] == "choice"}
     if choice:
         lines += ["| task | n | accuracy | accuracy (length-normalised) | macro-F1 | skipped |", "|---|---|---|---|---|---|"]

@@ -161,7 +161,7 @@ def load_tokenizer(resolved: ResolvedModel):
     return AutoTokenizer.from_pretrained(resolved.location, revision=resolved.revision)
 
 
-def load_model(resolved: ResolvedModel, dtype: torch.dtype = torch.float32, quantization_config=None):
+def load_model(resolved: ResolvedModel, dtype: torch.dtype | str = torch.float32, quantization_config=None):
     auto = AutoModelForSeq2SeqLM if resolved.kind == "seq2seq" else AutoModelForCausalLM
     extra = {"quantization_config": quantization_config, "device_map": "auto"} if quantization_config else {}
     return auto.from_pretrained(resolved.location, revision=resolved.revision, dtype=dtype, **extra)

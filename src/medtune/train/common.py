@@ -185,7 +185,7 @@ def fit(trainer, *, resume: bool = False) -> TrainResult:
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(TrainingLine(trainer))
-    trainer.add_callback(GradientCheck())
+    trainer.add_callback(GradientCheck(sharded=trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled))
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=True if resume else None)
     runtime = time.perf_counter() - start
@@ -203,11 +203,11 @@ class GradientCheck(TrainerCallback):
     loss would stay exactly where it is for the whole run (a frozen graph, an adapter the loss never
     reaches), which a training line alone would only show as a flat curve."""
 
-    def __init__(self):
-        self.checked = False
+    def __init__(self, *, sharded: bool):
+        self.checked = sharded  # a rank holds a shard of each gradient: some may be all zero
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.checked or model is None or args.fsdp or args.deepspeed:  # sharded: a rank's grads are partial
+        if self.checked or model is None:
             return
         self.checked = True
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -9,6 +9,7 @@ from peft import LoraConfig as PeftLoraConfig
 from transformers import BitsAndBytesConfig
 
 from medtune.recipe import Recipe, RecipeError
+from medtune.train.sharding import fsdp_requested
 
 
 def check_method(recipe: Recipe) -> None:
@@ -23,7 +24,8 @@ def check_method(recipe: Recipe) -> None:
 
 def quantization_config(recipe: Recipe) -> BitsAndBytesConfig | None:
     """NF4 with double quantization. Compute in bf16 on GPUs that have it, fp16 on older ones, and fp32
-    on the CPU (bitsandbytes' CPU kernels dequantize to it; these CPUs have no fast bf16)."""
+    on the CPU (bitsandbytes' CPU kernels dequantize to it; these CPUs have no fast bf16). Under FSDP
+    the 4-bit weights are stored in the compute dtype (see train.sharding)."""
     if recipe.train.method != "qlora":
         return None
     if torch.cuda.is_available():
@@ -31,7 +33,9 @@ def quantization_config(recipe: Recipe) -> BitsAndBytesConfig | None:
     else:
         compute = torch.float32
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute,
+        # FSDP shards flat tensors of one dtype: packed 4-bit weights stored as the compute dtype shard with the rest.
+        bnb_4bit_quant_storage=compute if fsdp_requested() else torch.uint8,
     )
 
 

@@ -2,7 +2,9 @@
 
 Parameter counts come from the model's config instantiated on the meta device (no memory);
 for popular bases whose config cannot be fetched here, a copy of their published shape is
-used. Memory figures are estimates for one GPU: weights + trainable state + activations.
+used. Memory figures are estimates for one GPU: weights + trainable state + activations; with
+`shards` (FSDP over that many GPUs) also per GPU: a 1/N share of the weights and trainable state,
+the activations of its own rows, and one decoder layer gathered whole while it computes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ _MISTRAL_7B = dict(model_type="mistral", hidden_size=4096, intermediate_size=143
                    num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False)
 _LLAMA2_7B = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                   num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False)
+_LLAMA3_70B = dict(model_type="llama", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                   num_attention_heads=64, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False)
 KNOWN_SHAPES = {
+    "meta-llama/Llama-3.1-70B-Instruct": _LLAMA3_70B,
+    "meta-llama/Llama-3.1-70B": _LLAMA3_70B,
     "meta-llama/Llama-2-7b-hf": _LLAMA2_7B,
     "meta-llama/Llama-2-7b-chat-hf": _LLAMA2_7B,
     "meta-llama/Llama-3.1-8B-Instruct": _LLAMA3_8B,
@@ -57,7 +63,7 @@ def _lora_params(model, recipe: Recipe) -> int:
     return total
 
 
-def plan(recipe: Recipe) -> dict:
+def plan(recipe: Recipe, shards: int = 1) -> dict:
     t = recipe.train
     config, described = _config(recipe.model.name_or_path, recipe.model.revision)
     kind = detect_kind(config)
@@ -85,6 +91,15 @@ def plan(recipe: Recipe) -> dict:
     per_layer = (2 if t.gradient_checkpointing else 34) * hidden
     activations = tokens * layers * per_layer + tokens * config.get_text_config().vocab_size * 4 * 2
 
+    memory = {"weights": weights, "trainable_state": optimizer_state, "activations": activations}
+    memory["total"] = sum(memory.values())
+    if shards > 1:
+        # Two layers gathered at once: the one computing and the next one, prefetched.
+        gathered = 2 * weights / layers
+        per_gpu = {"weights": weights / shards, "trainable_state": optimizer_state / shards, "activations": activations,
+                   "gathered_layers": gathered}
+        per_gpu["total"] = sum(per_gpu.values())
+
     data = prepare_data(recipe.data)
     return {
         "model": described,
@@ -95,12 +110,12 @@ def plan(recipe: Recipe) -> dict:
         "data": {"splits": data.report["sizes"], "sources": {k: v["records"] for k, v in data.report["sources"].items()},
                  "skipped": sum(len(v["skipped"]) for v in data.report["sources"].values())},
         "parameters": {"total": total, "trainable": trainable, "trainable_pct": round(100 * trainable / total, 3)},
-        "memory_estimate_gib": {
-            "weights": round(weights / GiB, 2),
-            "trainable_state": round(optimizer_state / GiB, 2),
-            "activations": round(activations / GiB, 2),
-            "total": round((weights + optimizer_state + activations) / GiB, 2),
-        },
+        "memory_estimate_gib": _gib(memory),
+        **({"fsdp": {"gpus": shards, "memory_per_gpu_gib": _gib(per_gpu)}} if shards > 1 else {}),
         "steps_per_epoch": -(-data.report["sizes"]["train"] // (t.batch_size * t.gradient_accumulation_steps)),
         "tracking": recipe.tracking.backend,
     }
+
+
+def _gib(sizes: dict) -> dict:
+    return {k: round(v / GiB, 2) for k, v in sizes.items()}

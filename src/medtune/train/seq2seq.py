@@ -16,10 +16,11 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTraining
 from medtune.prompts import render_prompt
 from medtune.recipe import Recipe
 from medtune.train.common import CountTokens, trainer_setup
+from medtune.train.sharding import FsdpOnCpu
 from medtune.train.lora import peft_config
 
 
-class Seq2SeqTrainerWithTokens(CountTokens, Seq2SeqTrainer):
+class Seq2SeqTrainerWithTokens(CountTokens, FsdpOnCpu, Seq2SeqTrainer):
     def _get_train_sampler(self, train_dataset=None):
         # The Trainer hands the sampler a copy without unused columns, so length grouping would
         # fall back to source lengths alone; our `length` column holds source + target tokens.

@@ -19,6 +19,7 @@ from trl import SFTConfig, SFTTrainer
 from medtune.prompts import chat_messages
 from medtune.recipe import Recipe, RecipeError
 from medtune.train.common import CountTokens, trainer_setup
+from medtune.train.sharding import FsdpOnCpu
 from medtune.train.lora import peft_config
 
 # Used when a model ships no chat template of its own (base models); saved with the run.
@@ -32,7 +33,7 @@ CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
 PAD_CANDIDATES = ["<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "<|endoftext|>", "<unk>"]
 
 
-class SFTTrainerWithTokens(CountTokens, SFTTrainer):
+class SFTTrainerWithTokens(CountTokens, FsdpOnCpu, SFTTrainer):
     pass
 
 
