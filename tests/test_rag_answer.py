@@ -13,7 +13,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import medtune.rag
-from medtune.rag.answer import Answerer, ask, with_history
+from medtune.rag.answer import Answerer, _statements, ask, with_history
 from medtune.rag.embedder import Embedder
 from medtune.rag.index import build_index, load_index
 from conftest import passages as fixture_passages
@@ -93,8 +93,93 @@ def test_invented_answer_is_flagged_with_what_the_source_says(answerer, float_em
     assert not ans.grounded and ans.reason == "unsupported"
     score, _ = best_cosine(float_embedder, invented, [PASSAGES[0], PASSAGES[2]])
     assert score < answerer.min_support and ans.support[0]["score"] == pytest.approx(score, abs=0.03)
-    # The warning, then what the best source says (its first two sentences: the whole passage), cited.
-    assert ans.tail == f"\n\n{MESSAGES['unsupported']['en']}\n[1] {PASSAGES[0].text}" + SOURCES_TAIL
+    # The warning, then the source sentences closest to the question, each cited: here both of source [1]'s (the
+    # asthma passage's two are the worse half of the four candidates).
+    noonan = PASSAGES[0].text.split(". ")
+    assert ans.tail == f"\n\n{MESSAGES['unsupported']['en']}\n{noonan[0]}. [1] {noonan[1]} [1]" + SOURCES_TAIL
+
+
+# QA passages as medtune.rag.passages makes them: the stored question, then the answer. Neither answer's first two
+# sentences say what the consumer question below asks; the third sentence of the side-effects passage does.
+AMLODIPINE_URL = "https://medlineplus.gov/druginfo/meds/a692044.html"
+DOSE_Q, EFFECTS_Q = "What should I do if I forget a dose of Amlodipine?", "What are the side effects of Amlodipine?"
+DOSE = ["Take the missed dose as soon as you remember it.", "Do not take a double dose to make up for a missed one."]
+EFFECTS = ["Amlodipine may cause side effects.", "Tell your doctor if any of these symptoms are severe or do not go away: "
+           "headache, upset stomach, dizziness, tiredness.",
+           "Swelling of the hands, feet, ankles, or lower legs is a common side effect of amlodipine."]
+QA_PASSAGES = [Passage(id=pid, title="Amlodipine", url=AMLODIPINE_URL, source="MPlusDrugs", lang="en", text=f"{q}\n{' '.join(a)}")
+               for pid, q, a in [("amlodipine-dose", DOSE_Q, DOSE), ("amlodipine-effects", EFFECTS_Q, EFFECTS)]] + PASSAGES
+SWOLLEN_FEET = "my mother takes amlodipine and her feet swell, is it the pills?"
+INVENTED = "The best treatment is to drink orange juice every morning and to sleep on the left side."
+
+
+@pytest.fixture(scope="module")
+def qa_index(tmp_path_factory):
+    return load_index(build_index(QA_PASSAGES, tmp_path_factory.mktemp("qa-index") / "idx", progress=False))
+
+
+def test_unsupported_answer_quotes_the_source_sentences_that_answer_the_question(qa_index, float_embedder):
+    answerer = Answerer(Retriever(qa_index), k=2)
+    prep = answerer.prepare(SWOLLEN_FEET)
+    n = {s.id: s.n for s in prep.sources}
+    assert set(n) == {"amlodipine-dose", "amlodipine-effects"}
+    ans = answerer.finish(prep, INVENTED)
+    assert not ans.grounded and ans.reason == "unsupported"
+    # The five candidates are the answers' sentences, no stored question; the float model ranks the quoted two first.
+    def unit(text):
+        v = float_embedder.encode([text])[0].astype(np.float64)
+        return v / np.linalg.norm(v)
+
+    candidates = DOSE + EFFECTS
+    ranked = sorted(candidates, key=lambda s: -unit(SWOLLEN_FEET) @ unit(s))
+    assert ranked[:2] == [EFFECTS[2], EFFECTS[0]]
+    # Those two (the better half of five), in their document order, each cited; the tail is otherwise unchanged.
+    e = n["amlodipine-effects"]
+    quote = f"{EFFECTS[0]} [{e}] {EFFECTS[2]} [{e}]"
+    sources = "".join(f"\n[{s.n}] Amlodipine — {AMLODIPINE_URL}" for s in prep.sources)
+    assert ans.tail == f"\n\n{MESSAGES['unsupported']['en']}\n{quote}\n\nSources:{sources}\n\n{NOTICE}"
+    assert DOSE_Q not in ans.tail and EFFECTS_Q not in ans.tail
+
+
+class KeywordReranker:
+    """A cross-encoder stand-in: 1 for a text holding `keyword`, else 0; it records what it scored."""
+
+    def __init__(self, keyword: str):
+        self.keyword, self.scored = keyword, []
+
+    def predict(self, pairs, show_progress_bar=False):
+        self.scored += [text for _, text in pairs]
+        return np.array([float(self.keyword in text) for _, text in pairs], dtype=np.float32)
+
+
+def test_unsupported_answer_quote_is_chosen_by_the_reranker_when_there_is_one(qa_index):
+    reranker = KeywordReranker("double dose")
+    answerer = Answerer(Retriever(qa_index, reranker=reranker), k=2)
+    prep = answerer.prepare("I missed my amlodipine yesterday, can I take two today?")
+    assert [s.id for s in prep.sources][0] == "amlodipine-dose"
+    reranker.scored.clear()  # what it scored for the retrieval: the passages
+    ans = answerer.finish(prep, INVENTED)
+    # Only the sentence the re-ranker scores above the rest is quoted (the others are the worse half: all 0).
+    assert ans.tail.startswith(f"\n\n{MESSAGES['unsupported']['en']}\nDo not take a double dose to make up for a missed one. [1]\n\n")
+    assert sorted(reranker.scored) == sorted(DOSE + EFFECTS)  # the answers' sentences, not the stored questions
+
+
+@pytest.mark.parametrize("text, statements", [
+    # MedQuAD's one question form without "?", a list's lead-in and its items, a question inside an answer
+    ("Do you have information about Gout\nSummary : Gout is a form of arthritis. What causes gout? Symptoms include:\n"
+     "- Pain\n- Swelling of the joint at night",
+     ["Summary : Gout is a form of arthritis."]),
+    # a window of a long answer, cut mid-sentence at both ends
+    ("How is gout treated?\nof the joint. Medicines can ease the pain of an attack. Your doctor may also",
+     ["Medicines can ease the pain of an attack."]),
+    # a consumer's stored question, statements and all; Spanish questions
+    ("Hi doctor, my big toe is red and swollen since Monday. Is it gout?\nIt may well be gout. Ask your doctor for a test.",
+     ["It may well be gout.", "Ask your doctor for a test."]),
+    ("¿Qué es la gota?\nLa gota es una forma de artritis. ¿Es contagiosa? No, la gota no es contagiosa.",
+     ["La gota es una forma de artritis.", "No, la gota no es contagiosa."]),
+])
+def test_only_statements_of_the_sources_are_quoted(text, statements):
+    assert _statements(text, "es" if "¿" in text else "en") == statements
 
 
 def test_citation_of_a_missing_source_is_reported(answerer):

@@ -188,11 +188,9 @@ class Answerer:
         if grounded:  # which sources back it, whether or not the model wrote its own [n]
             backing = sorted({s["source"] for s in support if s["score"] >= self.min_support})
             tail += f"\n\n{self.rules.message('supported_by', lang)} {', '.join(f'[{n}]' for n in backing)}."
-        else:
-            # Show what the best source says, cited, next to the warning: the reader still gets facts.
-            best = prep.sources[0]
-            excerpt = " ".join(split_sentences(best.text, lang)[:2])
-            tail += f"\n\n{self.rules.message('unsupported', lang)}\n[{best.n}] {excerpt}"
+        else:  # next to the warning, what the sources say that is closest to the question, cited
+            quote = self._closest(prep.question, prep.sources, lang)
+            tail += f"\n\n{self.rules.message('unsupported', lang)}" + (f"\n{quote}" if quote else "")
         if bad := sorted(n for n in cited if not 1 <= n <= len(prep.sources)):
             tail += f"\n\n{self.rules.message('bad_citation', lang)} {', '.join(f'[{n}]' for n in bad)}"
         tail += self._sources_block(prep.sources, lang) + f"\n\n{prep.verdict.notice}"
@@ -218,6 +216,37 @@ class Answerer:
         sims = vectors[: len(sentences)] @ vectors[len(sentences) :].T
         best = np.argmax(sims, axis=1)
         return [{"sentence": s, "score": round(float(sims[i, best[i]]), 4), "source": owner[best[i]]} for i, s in enumerate(sentences)]
+
+    def _closest(self, question: str, sources: list[Source], lang: str, n: int = 3) -> str:
+        """The source sentences that best answer `question` (at most `n`, none from the worse half), each cited.
+
+        The first sentences of source [1] are often not the answer: a QA passage opens with its stored
+        question, and the sentence that answers may sit deeper in it or in another source. So every
+        statement of every source is scored against the question, by the re-ranker when the retriever
+        has one, else by cosine in the index's embedding space.
+        """
+        picked = [(src.n, s) for src in sources for s in _statements(src.text, lang)]  # in document order
+        if not picked:
+            return ""
+        texts = [s for _, s in picked]
+        if self.retriever.reranker is not None:
+            scores = np.asarray(self.retriever.reranker.predict([(question, s) for s in texts], show_progress_bar=False), dtype=np.float32)
+        else:
+            vectors = self.retriever.embedder.encode([question] + texts)  # normalized: dot = cosine
+            scores = vectors[1:] @ vectors[0]
+        # The best, then up to n - 1 more from the better half of the candidates (the rest is off the question), no repeats.
+        order, median = np.argsort(-scores, kind="stable"), np.median(scores)
+        best = [order[0]]
+        for i in order[1:]:
+            if len(best) == n or scores[i] <= median:
+                break
+            if not any(_repeats(texts[i], texts[j]) for j in best):
+                best.append(i)
+        # Sources in the order of their best sentence; sentences of one source in document order.
+        rank = {}
+        for i in best:
+            rank.setdefault(picked[i][0], len(rank))
+        return " ".join(f"{picked[i][1]} [{picked[i][0]}]" for i in sorted(best, key=lambda i: (rank[picked[i][0]], i)))
 
     def _sources_block(self, sources: list[Source], lang: str) -> str:
         if not sources:
@@ -248,6 +277,24 @@ def with_history(earlier: list[dict], turn: list[dict], language: str = "en") ->
 def _defuse(text: str) -> str:
     """`text` with its control tokens and source tags made inert (drawn with fullwidth look-alikes)."""
     return _CONTROL.sub(lambda m: m.group().translate(_DEFUSED), text)
+
+
+def _statements(text: str, lang: str) -> list[str]:
+    """The sentences of a passage that can answer. Not questions: the stored question atop a QA passage
+    (medtune.rag.passages) and any sentence asking something. Not fragments: under 4 words, or not a whole
+    sentence (a heading, a list's lead-in, MedQuAD's "Do you have information about X", a window of a long
+    answer cut mid-sentence), which starts in lower case or ends without a stop."""
+    first, _, rest = text.partition("\n")
+    if rest and ("?" in first or "¿" in first):
+        text = rest
+    return [s for s in split_sentences(text, lang)
+            if len(s.split()) >= 4 and not s[0].islower() and not s.startswith("¿") and s.endswith((".", "!", ")", '"', "”"))]
+
+
+def _repeats(a: str, b: str) -> bool:
+    """Whether two sentences say the same (overlapping windows, MedQuAD's repeated pages, "Summary : " prefixes)."""
+    x, y = set(a.lower().split()), set(b.lower().split())
+    return len(x & y) >= 0.8 * len(x | y)
 
 
 def _quoted(source: Source) -> str:
