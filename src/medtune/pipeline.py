@@ -53,6 +53,10 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, ca
     main = state.is_main_process
     if not main:
         log.setLevel(logging.WARNING)  # one set of status lines per run, not one per process
+    if recipe.train.objective in ("embedding", "reranker"):  # retrieval models: sentence-transformers' own trainers
+        from medtune.rag.finetune import train_retriever
+
+        return train_retriever(recipe, Path(run_dir) if run_dir else new_run_dir(recipe), resume=resume, callbacks=callbacks)
     check_method(recipe)
     m = recipe.model
     start = resolve_start(m.name_or_path, m.kind, m.revision)

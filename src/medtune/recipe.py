@@ -84,11 +84,28 @@ class LoraConfig(_Strict):
     )
 
 
+class RetrieverConfig(_Strict):
+    """train.objective embedding or reranker: a retrieval model trained on question -> passage pairs from the QA
+    data. embedding: a sentence-transformers bi-encoder, the other passages of a batch (and one mined hard negative)
+    as negatives; reranker: a cross-encoder scoring (question, passage) as relevant or not (the hard negative)."""
+
+    loss: Literal["mnrl", "cached_mnrl"] = Field(
+        "mnrl", description="embedding: MultipleNegativesRankingLoss, or its cached variant (large batches in little memory)")
+    mini_batch_size: int = Field(16, gt=0, description="cached_mnrl: rows per forward pass")
+    hard_negatives: bool = Field(True, description="add, per pair, the best-ranked passage of another focus (mined with a medtune index)")
+    rewrites: int = Field(2, ge=0, description="consumer-style rewrites of each question (narrative, typos, lower case, a second question) as extra anchors")
+    max_seq_length: int = Field(128, gt=0, description="tokens per text (embedding: the index embeds passages with the same "
+                                                       "limit); reranker: per question + passage pair")
+
+
 class TrainConfig(_Strict):
-    objective: Literal["sft", "pretrain"] = Field(
+    objective: Literal["sft", "pretrain", "embedding", "reranker"] = Field(
         "sft", description="sft: loss on the answers of chat-formatted QA pairs; pretrain: continued pre-training, "
-                           "loss on every token of plain text (text sources; QA records become question + answer)"
+                           "loss on every token of plain text (text sources; QA records become question + answer); "
+                           "embedding / reranker: a retrieval embedder or re-ranker (sentence-transformers) trained on "
+                           "question -> passage pairs"
     )
+    retriever: RetrieverConfig = RetrieverConfig()
     method: Literal["full", "lora", "qlora"] = Field(
         "full", description="full fine-tuning, LoRA adapters, or LoRA on a 4-bit NF4 base (bitsandbytes; CUDA or CPU)"
     )
@@ -213,6 +230,9 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _align_fits(self) -> Recipe:
+        if self.train.objective in ("embedding", "reranker") and (self.train.method != "full" or self.align):
+            raise ValueError(f"train.objective: {self.train.objective} fine-tunes a whole sentence-transformers model: "
+                             "train.method must be full, and there is no align step")
         if self.train.objective == "pretrain" and self.model.kind == "seq2seq":
             raise ValueError("train.objective: pretrain is continued pre-training of causal LMs; model.kind is seq2seq")
         if self.align is None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from medtune import DEFAULT_EMBEDDER
 from medtune.logs import bar
-from medtune.models import cache_dir, locate
+from medtune.models import cache_dir, find_model_dir, locate
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,10 @@ BACKENDS = ("onnx-int8", "onnx", "torch")
 
 
 def resolve_folder(ref: str, what: str = "embedding model", flag: str = "embedder") -> tuple[str, Path]:
-    """(the id an index records, the local folder to load), found as every model is (medtune.models.locate)."""
+    """(the id an index records, the local folder to load), found as every model is (medtune.models.locate);
+    a run directory of `train.objective: embedding` stands for its model/."""
+    if Path(ref).expanduser().is_dir():
+        ref = str(find_model_dir(Path(ref).expanduser()))
     origin, location = locate(ref, what=what, use=f"pass its path instead: {flag}={{local}}")
     if origin == "local":
         return str(Path(location).resolve()), Path(location).resolve()
@@ -138,6 +141,36 @@ class Embedder:
                 os.replace(staging / target.name, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def encode_queries(self, queries: list[str]) -> np.ndarray:
+        """Queries as `encode` gives them, except that one longer than the model's token limit (a story, then
+        the question; several questions in one message) is cut into windows of whole sentences within the
+        limit, and its vector is their normalized mean: the words past the limit count too."""
+        windows = [self._windows(q) for q in queries]
+        flat = [w for ws in windows for w in ws]
+        vectors = self.encode(flat) if flat else np.empty((0, self.dim), dtype=np.float32)
+        out, start = np.empty((len(queries), self.dim), dtype=np.float32), 0
+        for n, ws in enumerate(windows):
+            mean = vectors[start : start + len(ws)].mean(axis=0)
+            out[n], start = mean / max(float(np.linalg.norm(mean)), 1e-12), start + len(ws)
+        return out
+
+    def _windows(self, text: str) -> list[str]:
+        if len(self.tokenizer(text, add_special_tokens=True).input_ids) <= self.max_seq_length:
+            return [text]
+        from medtune.sentences import split_sentences
+
+        limit = self.max_seq_length - 2  # the model's [CLS] and [SEP]
+        windows, current, used = [], [], 0
+        for sentence in split_sentences(text, "en"):  # punctuation rules; the language barely matters here
+            n = len(self.tokenizer(sentence, add_special_tokens=False).input_ids)
+            if current and used + n > limit:
+                windows.append(" ".join(current))
+                current, used = [], 0
+            current.append(sentence)
+            used += n
+        windows.append(" ".join(current))  # a sentence longer than the limit is cut by `encode`, as before
+        return windows
 
     def encode(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
         if self.session is None:

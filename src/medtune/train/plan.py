@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from medtune.data import prepare_data
 from medtune.models import ModelNotAvailable, detect_kind, resolve_model
-from medtune.recipe import Recipe
+from medtune.recipe import Recipe, RecipeError
 
 # Published shapes (config.json) of common bases, for planning with no hub access.
 _LLAMA3_8B = dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -65,6 +65,9 @@ def _lora_params(model, recipe: Recipe) -> int:
 
 def plan(recipe: Recipe, shards: int = 1) -> dict:
     t = recipe.train
+    if t.objective in ("embedding", "reranker"):
+        raise RecipeError(f"--dry-run plans language-model training; a {t.objective} run (a small sentence-transformers "
+                          "model) has nothing to plan: run it")
     config, described = _config(recipe.model.name_or_path, recipe.model.revision)
     kind = detect_kind(config)
     auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM

@@ -1,0 +1,210 @@
+"""`train.objective: embedding` or `reranker`: fine-tune the retriever's models on the QA data medtune loads.
+
+Pairs: each training record's question -> its passage, exactly as the index stores it (question +
+answer, the first window of a long answer), plus `rewrites` consumer-style rewrites of the question
+(medtune.data.rewrites) as extra anchors. With `hard_negatives`, each pair also gets the best-ranked
+passage of *another focus* for its question in a medtune index of the training passages, built
+with the starting model: the same focus is skipped, because another answer about the same disease
+often answers the question too. Training is sentence-transformers' own trainer with
+MultipleNegativesRankingLoss (the batch's other passages are negatives too), no duplicate texts per
+batch.
+
+A reranker (CrossEncoder, sentence-transformers' CrossEncoderTrainer) learns from the same pairs as
+(question, passage, 1) and (question, hard negative, 0) rows with binary cross-entropy.
+
+The run directory holds model/ (a sentence-transformers folder with medtune.json): `medtune index
+build --embedder RUN_DIR` takes an embedder, `--reranker RUN_DIR` a re-ranker. The report scores the
+starting and the trained model the same way: MRR@10 of the validation questions' consumer rewrites
+against the validation passages (a re-ranker: the default embedder's top 20 re-ranked, against that
+embedder alone).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import datasets
+import numpy as np
+from sentence_transformers import (CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments, SentenceTransformer,
+                                   SentenceTransformerTrainer, SentenceTransformerTrainingArguments)
+from sentence_transformers.cross_encoder import losses as ce_losses
+from sentence_transformers.sentence_transformer import losses
+from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+from transformers import TrainerCallback
+
+from medtune.data import prepare_data
+from medtune.data.rewrites import consumer_rewrites
+from medtune.eval.report import plot_loss_curve, write_report
+from medtune.io import write_atomic
+from medtune.logs import log
+from medtune.models import write_card
+from medtune.recipe import Recipe, RecipeError, RetrieverConfig, dump_recipe
+from medtune.records import QARecord, from_dataset
+from medtune.train.common import choose_precision, cpu_only, fit
+from medtune.rag.embedder import DEFAULT_EMBEDDER, resolve_folder
+from medtune.rag.evaluate import score
+from medtune.rag.passages import passages_from_records
+
+EVAL_QUERIES = 500  # validation rewrites scored before and after training
+RERANK_DEPTH = 20  # candidates a re-ranker orders, as `Retriever` does by default
+
+
+class CountTextTokens:
+    """Trainer mixin: counts the real tokens of every text column, for the training line's tokens/s."""
+
+    train_tokens = 0
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        self.train_tokens += int(sum(v.sum() for k, v in inputs.items() if k.endswith("attention_mask")))
+        return super().training_step(model, inputs, *args, **kwargs)
+
+
+class EmbedderTrainer(CountTextTokens, SentenceTransformerTrainer):
+    pass
+
+
+class RerankerTrainer(CountTextTokens, CrossEncoderTrainer):
+    pass
+
+
+def _first_passages(records: list[QARecord]) -> list[str]:
+    """Each record's first passage text, as the index makes it."""
+    parents: list[int] = []
+    passages = passages_from_records(records, parents=parents)
+    first: dict[int, str] = {}
+    for p, parent in zip(passages, parents):
+        first.setdefault(parent, p.text)
+    return [first[i] for i in range(len(records))]
+
+
+def _hard_negatives(records: list[QARecord], texts: list[str], model_folder: Path, max_seq_length: int) -> tuple[list[str], int]:
+    """Per record, the best-ranked passage of another focus for its question (hybrid search in a temporary
+    medtune index of `texts`); records without a focus take the best passage that is not their own."""
+    from medtune.data.passages import Passage
+    from medtune.rag.index import build_index, load_index
+    from medtune.rag.retrieve import Retriever
+
+    with tempfile.TemporaryDirectory(prefix="medtune-mining-") as tmp:
+        passages = [Passage(id=str(i), text=t, title=r.focus, lang=r.language) for i, (r, t) in enumerate(zip(records, texts))]
+        index = load_index(build_index(passages, Path(tmp) / "index", embedder=str(model_folder), max_seq_length=max_seq_length))
+        hits = Retriever(index).search_batch([r.question for r in records], k=20)
+    negatives, missing = [], 0
+    rng = np.random.default_rng(0)
+    for i, (r, found) in enumerate(zip(records, hits)):
+        other = next((h for h in found if h.id != str(i) and (not r.focus or h.title != r.focus)), None)
+        if other is None:  # every top-20 hit shares the focus: any passage of another focus
+            missing += 1
+            pool = [j for j, o in enumerate(records) if j != i and (not r.focus or o.focus != r.focus)] or [j for j in range(len(records)) if j != i]
+            negatives.append(texts[int(rng.choice(pool))])
+        else:
+            negatives.append(other.text)
+    return negatives, missing
+
+
+def _mrr_at_10(model, queries: list[str], relevant: list[int], corpus: list[str], reranker=None) -> float:
+    """MRR@10 of `model`'s exact search (with `reranker`: of its top RERANK_DEPTH, re-ranked)."""
+    vectors = model.encode(corpus, normalize_embeddings=True, convert_to_numpy=True, batch_size=64)
+    q = model.encode(queries, normalize_embeddings=True, convert_to_numpy=True, batch_size=64)
+    top = np.argsort(-(q @ vectors.T), axis=1)[:, : RERANK_DEPTH if reranker else 10]
+    if reranker is not None:
+        scores = reranker.predict([(query, corpus[j]) for query, row in zip(queries, top) for j in row], batch_size=64,
+                                  show_progress_bar=False)
+        scores = np.asarray(scores, dtype=np.float32).reshape(top.shape)
+        top = np.take_along_axis(top, np.argsort(-scores, axis=1, kind="stable"), axis=1)[:, :10]
+    ranked = {str(n): [str(j) for j in row] for n, row in enumerate(top)}
+    return score({str(n): {str(r): 1} for n, r in enumerate(relevant)}, ranked)["mrr@10"]
+
+
+def _validation_queries(records: list[QARecord], recipe: Recipe) -> tuple[list[str], list[int]]:
+    rewrites = consumer_rewrites(records, 1, seed=recipe.train.seed + 1)
+    pairs = [(text[0], i) for i, text in enumerate(rewrites) if text]
+    pairs = [pairs[i] for i in sorted(np.random.default_rng(0).permutation(len(pairs))[:EVAL_QUERIES])]
+    return [q for q, _ in pairs], [i for _, i in pairs]
+
+
+def _training_pairs(records: list[QARecord], cfg: RetrieverConfig, seed: int, folder: Path) -> tuple[dict[str, list[str]], dict]:
+    """Columns anchor / positive (/ negative): each question and its rewrites, its passage, and a hard negative."""
+    positives = _first_passages(records)
+    anchors, targets = [r.question for r in records], list(range(len(records)))
+    for i, made in enumerate(consumer_rewrites(records, cfg.rewrites, seed=seed)):
+        anchors += made
+        targets += [i] * len(made)
+    columns = {"anchor": anchors, "positive": [positives[i] for i in targets]}
+    report = {"questions": len(records), "rewrites": len(anchors) - len(records)}
+    if cfg.hard_negatives:
+        negatives, fallback = _hard_negatives(records, positives, folder, cfg.max_seq_length)
+        columns["negative"] = [negatives[i] for i in targets]
+        report["hard_negative_fallbacks"] = fallback  # no other-focus passage in the top 20: a random one
+    log.info("pairs: %d questions + %d consumer-style rewrites%s", len(records), report["rewrites"],
+             ", each with a hard negative" if cfg.hard_negatives else "")
+    return columns, report
+
+
+def _arguments(recipe: Recipe, run_dir: Path, cls):
+    t = recipe.train
+    precision = choose_precision(t.precision, t.objective)
+    return cls(
+        output_dir=str(run_dir / "checkpoints"), num_train_epochs=t.epochs, max_steps=t.max_steps, learning_rate=t.learning_rate,
+        per_device_train_batch_size=t.batch_size, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler, batch_sampler=BatchSamplers.NO_DUPLICATES, logging_steps=t.logging_steps,
+        logging_first_step=True, save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        seed=t.seed, data_seed=t.seed, use_cpu=cpu_only(), bf16=precision == "bf16", fp16=precision == "fp16", report_to=[],
+        dataloader_num_workers=t.num_workers,
+    )
+
+
+def train_retriever(recipe: Recipe, run_dir: Path, *, resume: bool = False, callbacks: list[TrainerCallback] | None = None) -> Path:
+    """A run of `train.objective: embedding` or `reranker`; returns the run directory."""
+    t, cfg = recipe.train, recipe.train.retriever
+    reranker = t.objective == "reranker"
+    model_id, folder = resolve_folder(recipe.model.name_or_path, what="re-ranking model" if reranker else "embedding model", flag="model")
+    log.info("%s model: %s", t.objective, model_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
+    data = prepare_data(recipe.data)
+    train = from_dataset(data.splits["train"])
+    if not train:
+        raise RecipeError("data: no training records to make question -> passage pairs from")
+    columns, pairs_report = _training_pairs(train, cfg, t.seed, folder)
+    validation = from_dataset(data.splits["validation"])
+    eval_set = (*_validation_queries(validation, recipe), _first_passages(validation)) if validation else None
+    device = "cpu" if cpu_only() else None
+
+    if reranker:
+        # A bi-encoder folder (the default embedder) starts a cross-encoder too: its encoder, and a new scoring head.
+        model = CrossEncoder(str(folder), num_labels=1, max_length=cfg.max_seq_length, device=device)
+        first_stage = SentenceTransformer(str(resolve_folder(DEFAULT_EMBEDDER)[1]), device=device)
+        before = _mrr_at_10(first_stage, *eval_set) if eval_set else None
+        queries = columns["anchor"] * (2 if "negative" in columns else 1)
+        texts = columns["positive"] + columns.get("negative", [])
+        labels = [1.0] * len(columns["positive"]) + [0.0] * len(columns.get("negative", []))
+        dataset = datasets.Dataset.from_dict({"query": queries, "passage": texts, "label": labels})
+        trainer = RerankerTrainer(model=model, args=_arguments(recipe, run_dir, CrossEncoderTrainingArguments), train_dataset=dataset,
+                                  loss=ce_losses.BinaryCrossEntropyLoss(model), callbacks=callbacks)
+    else:
+        model = SentenceTransformer(str(folder), device=device)
+        model.max_seq_length = cfg.max_seq_length
+        before = _mrr_at_10(model, *eval_set) if eval_set else None
+        loss = (losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size) if cfg.loss == "cached_mnrl"
+                else losses.MultipleNegativesRankingLoss(model))
+        trainer = EmbedderTrainer(model=model, args=_arguments(recipe, run_dir, SentenceTransformerTrainingArguments),
+                                  train_dataset=datasets.Dataset.from_dict(columns), loss=loss, callbacks=callbacks)
+    result = fit(trainer, resume=resume)
+
+    model_dir = run_dir / "model"
+    model.save(str(model_dir))
+    write_card(model_dir, {"kind": t.objective, "base_model": model_id, "max_seq_length": cfg.max_seq_length})
+    evaluation: dict = {"metrics": {}}
+    if eval_set:
+        after = _mrr_at_10(first_stage, *eval_set, reranker=model) if reranker else _mrr_at_10(model, *eval_set)
+        evaluation = {"metrics": {"mrr@10": after}, "before": {"metrics": {"mrr@10": before}},
+                      "about": f"MRR@10 of {len(eval_set[0])} consumer-style rewrites of validation questions against the "
+                               f"{len(validation)} validation passages" + (
+                                   f"; before: {DEFAULT_EMBEDDER} alone, after: its top {RERANK_DEPTH} re-ranked" if reranker else "")}
+        log.info("validation MRR@10 (consumer rewrites): %.3f -> %.3f", before, after)
+    plots = {"loss_curve": "loss_curve.png"} if plot_loss_curve(result.log_history, run_dir / "loss_curve.png") else {}
+    write_report(run_dir, {"name": recipe.name, "model": model_id, "recipe": "recipe.yaml", "data": data.report | {"pairs": pairs_report},
+                           "train": result.to_dict() | {"objective": t.objective} | ({} if reranker else {"loss": cfg.loss}),
+                           "eval": evaluation, "plots": plots})
+    return run_dir

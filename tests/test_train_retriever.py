@@ -1,0 +1,141 @@
+"""`train.objective: embedding`: all-MiniLM-L6-v2 fine-tuned on question -> passage pairs with consumer-style
+rewrites and other-focus hard negatives; the run directory is an embedder that `index build` takes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import qa_rows
+from medtune.data.rewrites import consumer_rewrites
+from medtune.records import QARecord
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _records() -> list[QARecord]:
+    return [QARecord(question=r["question"], answer=r["answer"], id=r["id"], focus=r["focus"], qtype=r["qtype"]) for r in qa_rows()]
+
+
+def test_consumer_rewrites_are_seeded_distinct_and_keep_the_question():
+    records = _records()
+    first, again = consumer_rewrites(records, 3, seed=5), consumer_rewrites(records, 3, seed=5)
+    assert first == again and first != consumer_rewrites(records, 3, seed=6)
+    for record, made in zip(records, first):
+        assert len(made) == 3 and len(set(made)) == 3 and record.question not in made
+        for text in made:
+            # At most two words are misspelled: most of the stored question's words are still there.
+            words = record.question.lower().replace("?", "").split()
+            assert sum(w in text.lower().split() for w in words) >= len(words) - 2
+    texts = [t for made in first for t in made]
+    assert any(t.startswith(("my ", "i have had", "so my", "im ", "a friend")) for t in texts)  # narrative openings occur
+    assert any(" also " in t or " and " in t for t in texts)  # a second question joins some
+
+
+def test_hard_negatives_come_from_another_focus():
+    from medtune.rag.embedder import resolve_folder
+    from medtune.rag.finetune import _first_passages, _hard_negatives
+
+    records = _records()
+    texts = _first_passages(records)
+    focus_of = {t: r.focus for r, t in zip(records, texts)}
+    negatives, fallbacks = _hard_negatives(records, texts, resolve_folder(EMBEDDER)[1], 128)
+    assert len(negatives) == len(records) and fallbacks == 0
+    assert all(focus_of[n] != r.focus for r, n in zip(records, negatives))
+
+
+@pytest.fixture(scope="module")
+def embedder_run(qa_jsonl, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    tmp = tmp_path_factory.mktemp("embedding")
+    recipe = {
+        "name": "retriever", "model": EMBEDDER,
+        "data": {"sources": [{"loader": "jsonl", "path": str(qa_jsonl)}], "split": {"validation": 0.2, "test": 0.2, "group_by": "focus", "seed": 0}},
+        "train": {"objective": "embedding", "retriever": {"rewrites": 1}, "max_steps": 3, "batch_size": 8, "learning_rate": 5e-5,
+                  "logging_steps": 1, "save_steps": 2},
+        "tracking": {"backend": "none"}, "output_dir": str(tmp / "runs"),
+    }
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run_dir = tmp / "run"
+    proc = subprocess.run([sys.executable, "-m", "medtune.cli", "train", str(path), "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+def test_embedding_run_trains_reports_and_prints_its_directory(embedder_run):
+    run_dir, proc = embedder_run
+    assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["train"]["global_step"] == 3 and report["train"]["objective"] == "embedding"
+    assert report["data"]["pairs"] == {"questions": 24, "rewrites": 24, "hard_negative_fallbacks": 0}
+    before, after = report["eval"]["before"]["metrics"]["mrr@10"], report["eval"]["metrics"]["mrr@10"]
+    assert 0 < before <= 1 and 0 < after <= 1
+    assert "validation MRR@10 (consumer rewrites)" in proc.stderr and "trained 3 steps" in proc.stderr
+    assert (run_dir / "checkpoints" / "checkpoint-2").is_dir() and (run_dir / "loss_curve.png").is_file()
+
+
+def test_the_run_directory_is_an_embedder_for_index_build(embedder_run, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from medtune.rag.embedder import resolve_folder
+
+    run_dir, _ = embedder_run
+    model = SentenceTransformer(str(run_dir / "model"), device="cpu")
+    stock = SentenceTransformer(str(resolve_folder(EMBEDDER)[1]), device="cpu")
+    text = ["What causes gout ?"]
+    assert model.encode(text).shape == stock.encode(text).shape and not (model.encode(text) == stock.encode(text)).all()  # trained
+    passages = tmp_path / "passages.jsonl"
+    passages.write_text("".join(json.dumps({"id": r["id"], "text": f"{r['question']}\n{r['answer']}", "title": r["focus"]}) + "\n"
+                                for r in qa_rows()))
+    out = tmp_path / "index"
+    proc = subprocess.run([sys.executable, "-m", "medtune.cli", "index", "build", str(passages), "--out", str(out), "--embedder", str(run_dir)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["embedding"]["model"] == str((run_dir / "model").resolve()) and manifest["counts"]["passages"] == 40
+
+
+def test_reranker_run_trains_a_cross_encoder_that_retrieval_uses(qa_jsonl, tmp_path):
+    from sentence_transformers import CrossEncoder
+
+    recipe = {
+        "name": "reranker", "model": EMBEDDER,  # a bi-encoder's encoder starts the cross-encoder, with a new head
+        "data": {"sources": [{"loader": "jsonl", "path": str(qa_jsonl)}], "split": {"validation": 0.2, "test": 0.2, "group_by": "focus", "seed": 0}},
+        "train": {"objective": "reranker", "retriever": {"rewrites": 0}, "max_steps": 2, "batch_size": 8, "learning_rate": 5e-5,
+                  "logging_steps": 1, "save_steps": 100},
+        "tracking": {"backend": "none"}, "output_dir": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "medtune.cli", "train", str(path), "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["train"]["objective"] == "reranker" and report["train"]["global_step"] == 2
+    assert report["data"]["pairs"] == {"questions": 24, "rewrites": 0, "hard_negative_fallbacks": 0}
+    assert "re-ranked" in report["eval"]["about"] and 0 < report["eval"]["metrics"]["mrr@10"] <= 1
+    model = CrossEncoder(str(run_dir / "model"), device="cpu")
+    scores = model.predict([("What causes gout ?", "gout is caused by uric acid"), ("What causes gout ?", "asthma narrows airways")])
+    assert scores.shape == (2,)
+
+    # `ask --retrieve-only --reranker RUN_DIR`: the hits come back in the cross-encoder's order.
+    from medtune.rag.index import build_index, load_index
+    from medtune.rag.passages import load_passages
+    from medtune.rag.retrieve import Retriever
+
+    passages, report_ = load_passages(qa_jsonl)
+    index_dir = build_index(passages, tmp_path / "index", report=report_, progress=False)
+    out = subprocess.run([sys.executable, "-m", "medtune.cli", "ask", "how would i know if i have gout", "--index", str(index_dir),
+                          "--retrieve-only", "--k", "3", "--reranker", str(run_dir)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    hits = Retriever(load_index(index_dir), reranker=str(run_dir)).search("how would i know if i have gout", k=3)
+    assert [h["id"] for h in json.loads(out.stdout)] == [h.id for h in hits]
+    assert [h.rerank_score for h in hits] == sorted((h.rerank_score for h in hits), reverse=True)
