@@ -130,3 +130,52 @@ def test_fusion_on_a_hand_computed_example():
     assert [s for _, s in rrf] == pytest.approx([1 / 3 + 1 / 2, 1 / 2, 1 / 3])
     # depth 1 keeps only each list's first: passage 1 is not a candidate
     assert [i for i, _ in fuse(c, Fusion("convex", alpha=0.5, depth=1), cosine)] == [2, 0]
+
+
+def test_stored_questions_are_indexed_and_matched(index):
+    assert index.manifest["questions"] == {"passages": len(qa_rows()), "distinct": len(qa_rows())}
+    query = "my dad has gout, what signs should he look for"
+    hits = Retriever(index, "dense", fusion=Fusion(question_weight=1.0)).search(query, k=5)
+    # Ranked by the cosine with the stored questions alone, the best of which is found by brute force too.
+    embedder = index.embedder()
+    questions = [p.question for p in index.passages]
+    cosines = embedder.encode(questions) @ embedder.encode_queries([query])[0]
+    assert hits[0].id == index.passages[int(np.argmax(cosines))].id
+    assert [h.question_score for h in hits] == sorted((h.question_score for h in hits), reverse=True)
+    assert hits[0].question_score == pytest.approx(float(cosines.max()), abs=0.02)  # f16 vectors in the graph
+    # The blend: half passage, half question cosine.
+    blended = Retriever(index, "dense").search(query, k=1)[0]
+    assert blended.score == pytest.approx(0.5 * blended.dense_score + 0.5 * blended.question_score, abs=1e-6)
+
+
+def test_passages_without_questions_search_as_before(tmp_path):
+    from conftest import passages
+
+    idx = load_index(build_index(passages(), tmp_path / "plain", progress=False))
+    assert idx.manifest["questions"] is None and idx.questions is None
+    hit = Retriever(idx, "dense").search("what inflames the airways", k=1)[0]
+    assert hit.id == "asthma-1" and hit.question_score is None and hit.score == pytest.approx(hit.dense_score)
+
+
+def test_a_passage_jsonl_may_name_its_question(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "g1", "text": "Gout is arthritis caused by uric acid crystals.", "question": "What is gout?"}) + "\n")
+    passages, _ = load_passages(path)
+    assert passages[0].question == "What is gout?" and passages[0].text.startswith("Gout is")
+
+
+def test_a_long_query_counts_past_the_token_limit(qa_jsonl, tmp_path):
+    passages, report = load_passages(qa_jsonl)
+    idx = load_index(build_index(passages, tmp_path / "short", max_seq_length=32, report=report, progress=False))
+    story = ("Last week I went to the market with my sister and we bought apples, bread and cheese for the weekend. "
+             "The weather was sunny and we walked along the river for an hour before lunch at a small cafe. ")
+    query = story + "What are the symptoms of gout?"
+    embedder = idx.embedder()
+    assert len(embedder.tokenizer(query).input_ids) > 32
+    windows = embedder._windows(query)
+    assert len(windows) > 1 and windows[-1].endswith("What are the symptoms of gout?")
+    mean = embedder.encode(windows).mean(axis=0)
+    assert embedder.encode_queries([query])[0] == pytest.approx(mean / np.linalg.norm(mean), abs=1e-5)
+    assert embedder.encode_queries(["What causes gout?"])[0] == pytest.approx(embedder.encode(["What causes gout?"])[0], abs=1e-6)
+    hit = Retriever(idx, "dense").search(query, k=1)[0]
+    assert hit.title == "gout"  # truncated to its first 32 tokens, the query is only about apples and the weather

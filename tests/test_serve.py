@@ -365,6 +365,7 @@ def test_api_key(predictor, monkeypatch):
     ({"models": {}}, "models:"),
     ({"models": {"m": {"model": "x"}}, "limits": {"timeout_s": 0}}, "limits.timeout_s"),
     ({"models": {"m": {"model": "x"}}, "api_key": " "}, "api_key"),
+    ({"models": {"m": {"model": "x", "reranker": "runs/rr"}}}, "reranker re-ranks what the index finds: give an index too"),
 ])
 def test_config_errors_name_the_field(data, message):
     with pytest.raises(ServeConfigError, match="invalid serve config") as err:

@@ -10,6 +10,7 @@ from pathlib import Path
 from medtune import DEFAULT_MODEL
 from medtune.logs import setup as setup_logging
 
+RERANKER_HELP = "re-rank the top 20 with this cross-encoder (a train.objective: reranker run, a model folder or hub id)"
 
 def _train(args) -> None:
     from medtune.pipeline import run
@@ -156,11 +157,11 @@ def _ask(args) -> None:
     if args.retrieve_only:
         if not args.index:
             raise SystemExit("medtune ask: --retrieve-only needs --index DIR")
-        hits = retrieve(args.question, args.index, k=args.k)
+        hits = retrieve(args.question, args.index, k=args.k, reranker=args.reranker)
         print(json.dumps(hits, indent=2, ensure_ascii=False))
         return
     ans = ask(args.question, index=args.index, model=args.model, k=args.k, language=args.language,
-              max_new_tokens=args.max_new_tokens, engine=_engine_config(args))
+              max_new_tokens=args.max_new_tokens, engine=_engine_config(args), reranker=args.reranker)
     print(json.dumps(ans.to_dict(), indent=2, ensure_ascii=False) if args.json else ans.text)
 
 
@@ -168,7 +169,7 @@ def _retrieve(args) -> None:
     from medtune.rag.evaluate import batch_retrieve
     from medtune.rag.index import load_index
 
-    print(batch_retrieve(load_index(args.index), args.queries, args.out, k=args.k, mode=args.mode))
+    print(batch_retrieve(load_index(args.index), args.queries, args.out, k=args.k, mode=args.mode, reranker=args.reranker))
 
 
 def _eval_retrieval(args) -> None:
@@ -191,7 +192,7 @@ def _eval_retrieval(args) -> None:
         queries, qrels = args.queries, args.qrels
     else:
         raise SystemExit("medtune eval-retrieval: give --queries and --qrels, or --selftest MEDQUAD_DIR")
-    report = evaluate_retrieval(index, queries, qrels, out, modes=args.modes.split(","))
+    report = evaluate_retrieval(index, queries, qrels, out, modes=args.modes.split(","), reranker=args.reranker)
     print(to_markdown(report))
     print(out)
 
@@ -344,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--k", type=int, default=4, help="passages given to the model")
     a.add_argument("--language", choices=["en", "es", "pt"], help="answer language (default: the question's)")
     a.add_argument("--max-new-tokens", type=int, default=256)
+    a.add_argument("--reranker", help=RERANKER_HELP)
     a.add_argument("--retrieve-only", action="store_true", help="print the ranked passages as JSON (id, score, url, text); no model")
     a.add_argument("--json", action="store_true", help="print the answer, sources, support and safety verdict as JSON")
     _engine_flags(a, "the answer")
@@ -355,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, type=Path, help="JSONL to write")
     r.add_argument("--k", type=int, default=10)
     r.add_argument("--mode", default="hybrid", choices=["hybrid", "bm25", "dense"])
+    r.add_argument("--reranker", help=RERANKER_HELP)
     r.set_defaults(func=_retrieve)
 
     er = sub.add_parser("eval-retrieval", help="MRR@10, MAP@10, nDCG@10, recall@k and p50/p95 latency on queries + TREC qrels")
@@ -364,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--selftest", metavar="MEDQUAD_DIR", help="instead: paraphrased MedQuAD questions, judged by their own answers")
     er.add_argument("--modes", default="bm25,dense,hybrid", help="comma-separated: hybrid, bm25, dense")
     er.add_argument("--out", type=Path, help="report directory (default: evals/retrieval-<time>)")
+    er.add_argument("--reranker", help=RERANKER_HELP)
     er.set_defaults(func=_eval_retrieval)
 
     sv = sub.add_parser("serve", help="OpenAI-compatible server (/v1/chat/completions, /v1/models, /v1/retrieve) and web chat page")

@@ -2,9 +2,9 @@
 Synthesis generates questions from them; retrieval indexes and cites them.
 
 A passage JSONL has one per line: text in `text` (or `raw_text`, `passage`, `content`, as re-exported
-corpora name it), and optionally `id` (or `document_id`), `title` (or `topic`), `url`, `source` and
-`lang` (or `language`). A .jsonl file is one of these, not QA data, when its first object has a text
-field and no `question`.
+corpora name it), and optionally `id` (or `document_id`), `title` (or `topic`), `url`, `source`,
+`lang` (or `language`) and `question` (the question the passage answers). A .jsonl file is one of these, not QA data, when its first object has a text
+field and not both `question` and `answer`.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ class Passage:
     url: str = ""
     source: str = ""
     lang: str = "en"
+    question: str = ""  # the stored question a QA passage answers; retrieval matches questions to it too
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
 
 def is_passage_jsonl(path: Path) -> bool:
-    """A .jsonl file whose first object has a text field and no question."""
+    """A .jsonl file whose first object has a text field and is not a question-answer row."""
     if path.suffix.lower() != ".jsonl":
         return False
     with path.open(encoding="utf-8-sig", errors="replace") as fh:  # the loader reports bad bytes with their line
@@ -46,7 +47,8 @@ def is_passage_jsonl(path: Path) -> bool:
             first = parse_json(line, path, 1)
         except DataError:
             return False  # the QA loader reports it with its line number
-        return isinstance(first, dict) and "question" not in first and any(k in first for k in TEXT_KEYS)
+        # A passage may name the question it answers; QA rows have an answer field beside theirs.
+        return isinstance(first, dict) and not {"question", "answer"} <= first.keys() and any(k in first for k in TEXT_KEYS)
     return False
 
 
@@ -85,6 +87,7 @@ def read_passage_jsonl(path: Path, report: LoadReport, on_bad_row: Literal["erro
                 id=pid, text=text.strip(), title=next((str(row[k]) for k in TITLE_KEYS if row.get(k)), ""),
                 url=str(row.get("url") or ""), source=str(row.get("source") or ""),
                 lang=language or next((str(row[k]) for k in LANG_KEYS if row.get(k)), "en"),
+                question=str(row.get("question") or "") if isinstance(row.get("question"), str) else "",
             ))
     return passages
 

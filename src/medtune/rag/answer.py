@@ -307,23 +307,23 @@ def _quote(text: str) -> str:
     return _defuse(text).translate(_ANGLES)
 
 
-def retrieve(question: str, index_dir, *, k: int = 5) -> list[dict]:
+def retrieve(question: str, index_dir, *, k: int = 5, reranker: str | None = None) -> list[dict]:
     """Ranked passages for `question` as JSON-able dicts: id, score, title, url, source, lang, text."""
     from medtune.rag.index import load_index
 
-    hits = Retriever(load_index(index_dir)).search(question, k=k)
+    hits = Retriever(load_index(index_dir), reranker=reranker).search(question, k=k)
     return [{"id": h.id, "score": float(h.score), "title": h.title, "url": h.url, "source": h.source, "lang": h.lang, "text": h.text}
             for h in hits]
 
 
 def ask(question: str, *, index=None, model: str = DEFAULT_MODEL, k: int = 4, language: str | None = None,
-        max_new_tokens: int = 256, engine: EngineConfig | None = None) -> GroundedAnswer:
-    """Retrieve from `index` (if given), answer with `model` (run dir, model dir or hub id) on `engine`
-    (default: transformers in this process), check and cite."""
+        max_new_tokens: int = 256, engine: EngineConfig | None = None, reranker: str | None = None) -> GroundedAnswer:
+    """Retrieve from `index` (if given; re-ranked by `reranker`, a cross-encoder, if given), answer with `model`
+    (run dir, model dir or hub id) on `engine` (default: transformers in this process), check and cite."""
     from medtune.engines import generate_all, make_engine
     from medtune.rag.index import load_index
 
-    retriever = Retriever(load_index(index)) if index else None
+    retriever = Retriever(load_index(index), reranker=reranker) if index else None
 
     def generate(messages: list[dict]) -> str:  # starts the engine only when there is something to generate
         return generate_all(make_engine(str(model), engine), [messages], max_tokens=max_new_tokens)[0]

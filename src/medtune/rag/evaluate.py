@@ -27,7 +27,7 @@ from medtune.data.tabular import parse_json
 from medtune.io import write_atomic, write_json
 from medtune.rag.index import Index
 from medtune.rag.passages import CHUNK_WORDS, OVERLAP, passages_from_records
-from medtune.rag.retrieve import Fusion, Retriever, fuse
+from medtune.rag.retrieve import Fusion, Retriever, fuse, mix
 from medtune.records import QARecord
 
 KS = (1, 5, 10)
@@ -145,10 +145,10 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def batch_retrieve(index: Index, queries_jsonl: str | os.PathLike, out_jsonl: str | os.PathLike, k: int = 10, *,
-                   mode: str = "hybrid", batch_size: int = 64, progress: bool = True) -> Path:
+                   mode: str = "hybrid", batch_size: int = 64, progress: bool = True, reranker=None) -> Path:
     """Write `{"id", "ranked": [passage ids]}` per query, in the queries' order."""
     pairs = read_queries(queries_jsonl)
-    retriever = Retriever(index, mode)
+    retriever = Retriever(index, mode, reranker)
     lines = []
     for start in bar(range(0, len(pairs), batch_size), desc="retrieving", disable=not progress):
         chunk = pairs[start : start + batch_size]
@@ -159,18 +159,21 @@ def batch_retrieve(index: Index, queries_jsonl: str | os.PathLike, out_jsonl: st
 
 def tune_fusion(index: Index, queries: str | os.PathLike, qrels: str | os.PathLike, *,
                 alphas: Iterable[float] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5), rrf_ks: Iterable[float] = (5, 10, 60),
-                depths: Iterable[int] = (10, 20, 50), metric: str = "ndcg@10", progress: bool = True) -> tuple[Fusion, list[dict[str, Any]]]:
+                depths: Iterable[int] = (10, 20, 50), question_weights: Iterable[float] = (0.0, 0.25, 0.5, 0.75),
+                metric: str = "ndcg@10", progress: bool = True) -> tuple[Fusion, list[dict[str, Any]]]:
     """The fusion settings with the best `metric` on these queries (use a dev set), and every setting's scores."""
     pairs, judged = read_queries(queries), read_qrels(qrels)
     depths = sorted(depths)
     retriever = Retriever(index, "hybrid")
     cands = retriever.candidates([q for _, q in pairs], depths[-1])
     cosines = [c.cosines(index, depths[-1]) for c in bar(cands, desc="candidate cosines", disable=not progress)]
-    settings = [Fusion("convex", alpha=a, depth=d) for a in alphas for d in depths]
-    settings += [Fusion("rrf", rrf_k=k, depth=d) for k in rrf_ks for d in depths]
+    weights = question_weights if index.questions is not None else (0.0,)
+    settings = [Fusion("convex", alpha=a, depth=d, question_weight=w) for a in alphas for d in depths for w in weights]
+    settings += [Fusion("rrf", rrf_k=k, depth=d, question_weight=w) for k in rrf_ks for d in depths for w in weights]
     table = []
     for f in settings:
-        ranked = {qid: [index.passages[i].id for i, _ in fuse(c, f, cos)[:10]] for (qid, _), c, cos in zip(pairs, cands, cosines)}
+        ranked = {qid: [index.passages[i].id for i, _ in fuse(c, f, mix(*cos, f.question_weight))[:10]]
+                  for (qid, _), c, cos in zip(pairs, cands, cosines)}
         table.append(vars(f) | score(judged, ranked))
     best = max(table, key=lambda row: row[metric])
     return Fusion(**{k: best[k] for k in vars(Fusion())}), table

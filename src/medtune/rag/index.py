@@ -5,6 +5,8 @@ Layout of an index folder:
     passages.jsonl   one passage per line; line i is document i in both indexes
     bm25/            bm25s's own files, loaded memory-mapped
     dense.usearch    the HNSW graph with half-precision vectors, opened memory-mapped (view)
+    questions.usearch  the same for the stored questions of QA passages (key = passage), when there are any:
+                     a consumer question is matched to the questions a passage answers as well as to its text
 The folder is built in a temporary sibling and renamed into place, so a crash never leaves a
 half-built index; a rebuild replaces the old one only once it is complete.
 
@@ -121,7 +123,6 @@ def build_index(
     """Embed and index `passages` into `out_dir` (replacing an earlier index there once done; anything else
     there only with `force`); returns the folder."""
     import bm25s
-    from usearch.index import Index as HNSW
 
     if not passages:
         raise ValueError("no passages to index")
@@ -147,11 +148,10 @@ def build_index(
         bm25.index(bm25s.tokenize(texts, stopwords=stopwords, show_progress=False), show_progress=False)
         bm25.save(staging / "bm25")
 
-        # Connectivity and expansions above usearch's defaults: recall close to exact search
-        # at these sizes, and a single query still takes a fraction of a millisecond.
-        hnsw = HNSW(ndim=emb.dim, metric="ip", dtype="f16", connectivity=32, expansion_add=200, expansion_search=200)
+        hnsw = _hnsw(emb.dim)
         hnsw.add(np.arange(len(passages), dtype=np.uint64), vectors, log=False)
         hnsw.save(str(staging / "dense.usearch"))
+        questions = _index_questions(passages, emb, staging / "questions.usearch", progress)
 
         write_atomic(staging / "passages.jsonl", "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in passages))
         manifest = {
@@ -164,6 +164,7 @@ def build_index(
             "chunking": {"chunk_words": report.chunk_words, "overlap": report.overlap} if report else None,
             "bm25": {"library": "bm25s", "stopwords": langs, "k1": bm25.k1, "b": bm25.b},
             "dense": {"library": "usearch", "metric": "ip", "dtype": "f16", "connectivity": 32, "expansion_search": 200},
+            "questions": questions,
             "weak_retrieval": calibrate_threshold(passages, vectors, emb),
             "timings_s": {"embed": round(embed_s, 2), "total": None},
         }
@@ -175,6 +176,28 @@ def build_index(
     return out
 
 
+def _hnsw(dim: int):
+    from usearch.index import Index as HNSW
+
+    # Connectivity and expansions above usearch's defaults: recall close to exact search
+    # at these sizes, and a single query still takes a fraction of a millisecond.
+    return HNSW(ndim=dim, metric="ip", dtype="f16", connectivity=32, expansion_add=200, expansion_search=200)
+
+
+def _index_questions(passages: list[Passage], emb: Embedder, path: Path, progress: bool) -> dict[str, int] | None:
+    """Embed each distinct stored question once and index it under every passage that answers it."""
+    keys = [i for i, p in enumerate(passages) if p.question]
+    if not keys:
+        return None
+    distinct = list(dict.fromkeys(passages[i].question for i in keys))
+    position = {q: n for n, q in enumerate(distinct)}
+    vectors = emb.encode(distinct, progress=progress)
+    hnsw = _hnsw(emb.dim)
+    hnsw.add(np.asarray(keys, dtype=np.uint64), vectors[[position[passages[i].question] for i in keys]], log=False)
+    hnsw.save(str(path))
+    return {"passages": len(keys), "distinct": len(distinct)}
+
+
 @dataclass
 class Index:
     path: Path
@@ -183,6 +206,7 @@ class Index:
     bm25: Any  # bm25s.BM25, memory-mapped
     dense: Any  # usearch Index, a read-only view of the file
     stopwords: list[str]
+    questions: Any = None  # usearch Index of the stored questions (key = passage), or None
     _embedder: Embedder | None = None
 
     def __len__(self) -> int:
@@ -216,13 +240,17 @@ class Index:
             return np.zeros(len(self.passages), dtype=np.float32)
         return self.bm25.get_scores(tokens)
 
-    def dense_search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(passage indices, cosines), best first, for each query vector; -1 pads short results."""
+    def dense_search(self, vectors: np.ndarray, k: int, *, questions: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(passage indices, cosines), best first, for each query vector; -1 pads short results. With `questions`,
+        the cosines are with the passages' stored questions (an empty result when the index has none)."""
         vectors = np.atleast_2d(vectors).astype(np.float32)
-        k = min(k, len(self.passages))
+        graph = self.questions if questions else self.dense
+        k = min(k, len(graph) if graph is not None else 0)
         keys = np.full((len(vectors), k), -1, dtype=np.int64)
         cos = np.full((len(vectors), k), -np.inf, dtype=np.float32)
-        matches = self.dense.search(vectors, k)
+        if k == 0:
+            return keys, cos
+        matches = graph.search(vectors, k)
         for row, m in enumerate([matches] if len(vectors) == 1 else matches):  # one query gives Matches, not a batch
             n = len(m.keys)
             keys[row, :n], cos[row, :n] = m.keys, 1.0 - m.distances  # ip distance = 1 - dot
@@ -231,6 +259,15 @@ class Index:
     def vectors(self, indices: np.ndarray) -> np.ndarray:
         found = self.dense.get(np.asarray(indices, dtype=np.uint64), dtype=np.float32)
         return np.stack(found) if isinstance(found, tuple) else np.atleast_2d(found)
+
+    def question_cosines(self, indices: list[int], query_vector: np.ndarray) -> dict[int, float]:
+        """Passage index -> cosine between the query and the question it answers, for those that have one."""
+        with_question = [i for i in indices if self.passages[i].question] if self.questions is not None else []
+        if not with_question:
+            return {}
+        found = self.questions.get(np.asarray(with_question, dtype=np.uint64), dtype=np.float32)
+        vectors = np.stack(found) if isinstance(found, tuple) else np.atleast_2d(found)
+        return dict(zip(with_question, (vectors @ query_vector).tolist()))
 
 
 def load_index(path: str | os.PathLike) -> Index:
@@ -249,7 +286,10 @@ def load_index(path: str | os.PathLike) -> Index:
         passages = [Passage(**json.loads(line)) for line in fh]
     bm25 = bm25s.BM25.load(path / "bm25", mmap=True)
     dense = HNSW.restore(str(path / "dense.usearch"), view=True)
-    dense.expansion_search = manifest["dense"]["expansion_search"]  # a search setting: not in the file
+    questions = HNSW.restore(str(path / "questions.usearch"), view=True) if manifest.get("questions") else None
+    for graph in (dense, questions):
+        if graph is not None:
+            graph.expansion_search = manifest["dense"]["expansion_search"]  # a search setting: not in the file
     if len(dense) != len(passages) or bm25.scores["num_docs"] != len(passages):
         raise ValueError(f"{path}: the index files disagree on the passage count; rebuild it")
-    return Index(path, manifest, passages, bm25, dense, _stopwords(manifest["bm25"]["stopwords"]))
+    return Index(path, manifest, passages, bm25, dense, _stopwords(manifest["bm25"]["stopwords"]), questions)

@@ -82,7 +82,7 @@ def passages_from_records(
         base = rec.id or f"{rec.source or 'record'}-{n}"
         seen[base] = seen.get(base, 0) + 1
         qid = base if seen[base] == 1 else f"{base}~{seen[base]}"
-        meta = {"title": rec.focus, "url": rec.url, "source": rec.source, "lang": rec.language}
+        meta = {"title": rec.focus, "url": rec.url, "source": rec.source, "lang": rec.language, "question": rec.question}
         parts = windows(rec.answer.split(), chunk_words, overlap)
         if len(parts) == 1:
             passages.append(Passage(id=qid, text=f"{rec.question}\n{rec.answer}", **meta))

@@ -8,13 +8,19 @@ cosine instead breaks dense's near-ties with exact word matches (drug and diseas
 both. The defaults were tuned on the dev half of the MedQuAD self-test and checked on its test half
 (benchmarks/retrieval_latency.py).
 
-Every hit carries both scores whatever the mode, so a caller can judge it; `Retriever.confident`
-compares the best dense cosine with the threshold calibrated when the index was built.
+Question matching (after Ben Abacha & Demner-Fushman's question entailment for consumer questions): when
+the index holds the stored questions of QA passages, each passage's dense score is
+(1 - question_weight) * cosine(query, passage) + question_weight * cosine(query, its question), and
+the best-matching questions bring their passages into the candidates. Long queries are embedded in
+sentence windows (see `Embedder.encode_queries`), so a question asked after a long story still counts.
+
+Every hit carries its scores whatever the mode, so a caller can judge it; `Retriever.confident`
+compares the best passage cosine with the threshold calibrated when the index was built.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -38,6 +44,7 @@ class Hit:
     bm25_score: float
     dense_score: float  # cosine between query and passage
     rank: int  # 1-based, in the returned order
+    question_score: float | None = None  # cosine between query and the passage's stored question
     bm25_rank: int | None = None  # 1-based within the BM25 candidates; None when not among them
     dense_rank: int | None = None
     rerank_score: float | None = None  # cross-encoder score when a re-ranker ordered the hits
@@ -49,6 +56,7 @@ class Fusion:
     alpha: float = 0.05  # convex: the BM25 share
     rrf_k: float = 60.0  # rrf: 1 / (rrf_k + rank) per list
     depth: int = 10  # candidates taken from each retriever
+    question_weight: float = 0.5  # share of the query-question cosine in a QA passage's dense score
 
 
 @dataclass
@@ -59,17 +67,27 @@ class Candidates:
     dense: np.ndarray
     bm25_scores: np.ndarray  # every passage's BM25 score
     query_vector: np.ndarray
+    questions: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # passages whose stored
+    # question is closest to the query, best first (none when the index holds no questions)
 
-    def cosines(self, index: Index, depth: int) -> dict[int, float]:
-        """Passage index -> cosine with the query, for the top `depth` of either list."""
-        pool = np.unique(np.concatenate([self.bm25[:depth], self.dense[:depth]]))
-        return dict(zip(pool.tolist(), (index.vectors(pool) @ self.query_vector).tolist())) if len(pool) else {}
+    def cosines(self, index: Index, depth: int) -> tuple[dict[int, float], dict[int, float]]:
+        """Passage index -> cosine with the query, and -> cosine with its stored question (where it has one),
+        for the top `depth` of every list."""
+        pool = np.unique(np.concatenate([self.bm25[:depth], self.dense[:depth], self.questions[:depth]]))
+        if not len(pool):
+            return {}, {}
+        return dict(zip(pool.tolist(), (index.vectors(pool) @ self.query_vector).tolist())), index.question_cosines(pool.tolist(), self.query_vector)
+
+
+def mix(passage: dict[int, float], question: dict[int, float], weight: float) -> dict[int, float]:
+    """The dense score of each candidate: its passage cosine, blended with its question's where it has one."""
+    return {i: (1 - weight) * c + weight * question[i] if i in question else c for i, c in passage.items()}
 
 
 def fuse(c: Candidates, fusion: Fusion, cosine: dict[int, float]) -> list[tuple[int, float]]:
     """(passage index, fused score), best first; `cosine` (index -> cosine) covers the candidates."""
     bm25, dense = c.bm25[: fusion.depth].tolist(), c.dense[: fusion.depth].tolist()
-    pool = list(dict.fromkeys(dense + bm25))
+    pool = list(dict.fromkeys(dense + c.questions[: fusion.depth].tolist() + bm25))
     if fusion.method == "rrf":
         scores = dict.fromkeys(pool, 0.0)
         for ranked in (bm25, dense):
@@ -103,26 +121,29 @@ class Retriever:
         self.reranker = load_reranker(reranker) if isinstance(reranker, str) else reranker
 
     def candidates(self, queries: list[str], depth: int) -> list[Candidates]:
-        vectors = self.embedder.encode(queries)
+        vectors = self.embedder.encode_queries(queries)
         dense, _ = self.index.dense_search(vectors, depth)
+        by_question, _ = self.index.dense_search(vectors, depth, questions=True)
         out = []
-        for query, vec, ranked in zip(queries, vectors, dense):
+        for query, vec, ranked, asked in zip(queries, vectors, dense, by_question):
             scores = self.index.bm25_scores(query)
             top = np.argpartition(-scores, min(depth, len(scores) - 1))[:depth]
             top = top[scores[top] > 0]  # passages sharing no word with the query are not BM25 results
             top = top[np.argsort(-scores[top], kind="stable")]
-            out.append(Candidates(top, ranked[ranked >= 0], scores, vec))
+            out.append(Candidates(top, ranked[ranked >= 0], scores, vec, asked[asked >= 0]))
         return out
 
     def _ranked(self, c: Candidates, k: int) -> list[Hit]:
         depth = max(k, self.fusion.depth, self.rerank_depth if self.reranker else 0)
-        cosine = c.cosines(self.index, depth)
+        cosine, question = c.cosines(self.index, depth)
+        dense_scores = mix(cosine, question, self.fusion.question_weight)
         if self.mode == "hybrid":
-            order = fuse(c, self.fusion, cosine)
+            order = fuse(c, self.fusion, dense_scores)
         elif self.mode == "bm25":
             order = [(i, float(c.bm25_scores[i])) for i in c.bm25.tolist()]
         else:
-            order = [(i, cosine[i]) for i in c.dense.tolist()]
+            pool = list(dict.fromkeys(c.dense[:depth].tolist() + c.questions[:depth].tolist()))
+            order = sorted(((i, dense_scores[i]) for i in pool), key=lambda kv: -kv[1])
         bm25_rank = {i: r for r, i in enumerate(c.bm25[:depth].tolist(), 1)}
         dense_rank = {i: r for r, i in enumerate(c.dense[:depth].tolist(), 1)}
         hits = []
@@ -130,7 +151,7 @@ class Retriever:
             p = self.index.passages[i]
             hits.append(Hit(id=p.id, text=p.text, title=p.title, url=p.url, source=p.source, lang=p.lang, score=float(score),
                             bm25_score=float(c.bm25_scores[i]), dense_score=float(cosine[i]), rank=rank,
-                            bm25_rank=bm25_rank.get(i), dense_rank=dense_rank.get(i)))
+                            bm25_rank=bm25_rank.get(i), dense_rank=dense_rank.get(i), question_score=question.get(i)))
         return hits
 
     def search(self, query: str, k: int = 5) -> list[Hit]:

@@ -36,12 +36,20 @@ class ServeGeneration(GenerationConfig):
 class ServedModelConfig(_Strict):
     model: str = Field(description="run directory, model directory or hub id")
     index: str | None = Field(None, description="retrieval index directory that grounds the answers")
+    reranker: str | None = Field(None, description="cross-encoder that re-ranks the index's top 20 (a train.objective: "
+                                                   "reranker run, a model folder or hub id)")
     k: int = Field(4, gt=0, description="passages given to the model")
     grounding: bool = Field(True, description="false: no retrieval; answers say they come from the model alone")
     safety: bool = Field(True, description="false: no emergency advice, no refusals, no notice (research use; "
                                            "logged at startup)")
     engine: EngineConfig = EngineConfig()
     generation: ServeGeneration = ServeGeneration()
+
+    @model_validator(mode="after")
+    def _reranker_needs_index(self) -> ServedModelConfig:
+        if self.reranker and not self.index:
+            raise ValueError("reranker re-ranks what the index finds: give an index too")
+        return self
 
 
 class Limits(_Strict):

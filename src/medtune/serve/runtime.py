@@ -108,7 +108,7 @@ def load_models(config: ServeConfig, predictors: dict[str, Predictor] | None = N
                 if name not in predictors and cfg.model not in by_ref:
                     by_ref[cfg.model] = Predictor.from_pretrained(cfg.model)
                 predictor = predictors.get(name) or by_ref[cfg.model]
-            retriever = _retriever(cfg.index) if cfg.index else None  # before a server starts: it may fail
+            retriever = _retriever(cfg.index, cfg.reranker) if cfg.index else None  # before a server starts: it may fail
             engine = make_engine(cfg.model, cfg.engine, cfg.generation, predictor=predictor, name=name,
                                  max_batch_size=config.batching.max_batch_size, batch_wait_ms=config.batching.batch_wait_ms,
                                  max_queue=config.batching.max_queue, context=config.limits.max_context_tokens)
@@ -130,8 +130,8 @@ def load_models(config: ServeConfig, predictors: dict[str, Predictor] | None = N
     return served
 
 
-def _retriever(index_dir: str):
+def _retriever(index_dir: str, reranker: str | None):
     from medtune.rag.index import load_index
     from medtune.rag.retrieve import Retriever
 
-    return Retriever(load_index(index_dir))
+    return Retriever(load_index(index_dir), reranker=reranker)
