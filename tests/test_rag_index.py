@@ -143,9 +143,9 @@ def test_stored_questions_are_indexed_and_matched(index):
     assert hits[0].id == index.passages[int(np.argmax(cosines))].id
     assert [h.question_score for h in hits] == sorted((h.question_score for h in hits), reverse=True)
     assert hits[0].question_score == pytest.approx(float(cosines.max()), abs=0.02)  # f16 vectors in the graph
-    # The blend: half passage, half question cosine.
+    # The default blend: a quarter passage, three quarters question cosine.
     blended = Retriever(index, "dense").search(query, k=1)[0]
-    assert blended.score == pytest.approx(0.5 * blended.dense_score + 0.5 * blended.question_score, abs=1e-6)
+    assert blended.score == pytest.approx(0.25 * blended.dense_score + 0.75 * blended.question_score, abs=1e-6)
 
 
 def test_passages_without_questions_search_as_before(tmp_path):

@@ -50,14 +50,13 @@ def test_hard_negatives_come_from_another_focus():
     assert all(focus_of[n] != r.focus for r, n in zip(records, negatives))
 
 
-@pytest.fixture(scope="module")
-def embedder_run(qa_jsonl, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    tmp = tmp_path_factory.mktemp("embedding")
+def _train(qa_jsonl: Path, tmp: Path, objective: str, steps: int, rewrites: int, save_steps: int) -> tuple[Path, subprocess.CompletedProcess]:
+    """`medtune train` of a tiny retrieval recipe on the fixture QA file; (run directory, the finished process)."""
     recipe = {
-        "name": "retriever", "model": EMBEDDER,
+        "name": objective, "model": EMBEDDER,  # a re-ranker starts from the bi-encoder's encoder, with a new head
         "data": {"sources": [{"loader": "jsonl", "path": str(qa_jsonl)}], "split": {"validation": 0.2, "test": 0.2, "group_by": "focus", "seed": 0}},
-        "train": {"objective": "embedding", "retriever": {"rewrites": 1}, "max_steps": 3, "batch_size": 8, "learning_rate": 5e-5,
-                  "logging_steps": 1, "save_steps": 2},
+        "train": {"objective": objective, "retriever": {"rewrites": rewrites}, "max_steps": steps, "batch_size": 8, "learning_rate": 5e-5,
+                  "logging_steps": 1, "save_steps": save_steps},
         "tracking": {"backend": "none"}, "output_dir": str(tmp / "runs"),
     }
     path = tmp / "recipe.yaml"
@@ -67,6 +66,11 @@ def embedder_run(qa_jsonl, tmp_path_factory) -> tuple[Path, subprocess.Completed
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
+
+
+@pytest.fixture(scope="module")
+def embedder_run(qa_jsonl, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    return _train(qa_jsonl, tmp_path_factory.mktemp("embedding"), "embedding", steps=3, rewrites=1, save_steps=2)
 
 
 def test_embedding_run_trains_reports_and_prints_its_directory(embedder_run):
@@ -105,19 +109,7 @@ def test_the_run_directory_is_an_embedder_for_index_build(embedder_run, tmp_path
 def test_reranker_run_trains_a_cross_encoder_that_retrieval_uses(qa_jsonl, tmp_path):
     from sentence_transformers import CrossEncoder
 
-    recipe = {
-        "name": "reranker", "model": EMBEDDER,  # a bi-encoder's encoder starts the cross-encoder, with a new head
-        "data": {"sources": [{"loader": "jsonl", "path": str(qa_jsonl)}], "split": {"validation": 0.2, "test": 0.2, "group_by": "focus", "seed": 0}},
-        "train": {"objective": "reranker", "retriever": {"rewrites": 0}, "max_steps": 2, "batch_size": 8, "learning_rate": 5e-5,
-                  "logging_steps": 1, "save_steps": 100},
-        "tracking": {"backend": "none"}, "output_dir": str(tmp_path / "runs"),
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "medtune.cli", "train", str(path), "--run-dir", str(run_dir)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir, _ = _train(qa_jsonl, tmp_path, "reranker", steps=2, rewrites=0, save_steps=100)
     report = json.loads((run_dir / "report.json").read_text())
     assert report["train"]["objective"] == "reranker" and report["train"]["global_step"] == 2
     assert report["data"]["pairs"] == {"questions": 24, "rewrites": 0, "hard_negative_fallbacks": 0}

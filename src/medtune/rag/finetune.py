@@ -64,8 +64,15 @@ class EmbedderTrainer(CountTextTokens, SentenceTransformerTrainer):
     pass
 
 
-class RerankerTrainer(CountTextTokens, CrossEncoderTrainer):
-    pass
+class RerankerTrainer(CrossEncoderTrainer):
+    """Counts the tokens of each (question, passage) pair as the cross-encoder reads them (its batches hold text)."""
+
+    train_tokens = 0
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        pair = self.model.tokenizer(inputs["query"], inputs["passage"], truncation=True, max_length=self.model.max_length)
+        self.train_tokens += sum(map(len, pair["input_ids"]))
+        return super().training_step(model, inputs, *args, **kwargs)
 
 
 def _first_passages(records: list[QARecord]) -> list[str]:
