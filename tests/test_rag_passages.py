@@ -32,7 +32,9 @@ def test_long_answers_are_chunked_keeping_metadata_and_ids():
     assert all(p.text.startswith("What is gout ?\n") for p in passages[:4])
     assert passages[1].text.split("\n")[1].split()[:4] == ["w8", "w9", "w10", "w11"]  # 4 words overlap
     assert {(p.title, p.url, p.source, p.lang) for p in passages[:4]} == {("Gout", "u", "S", "en")}
-    assert passages[4] == Passage(id="q2", text="What causes gout ?\nUric acid .", title="Gout", url="u2", source="S")
+    assert {p.question for p in passages[:4]} == {"What is gout ?"}  # every window keeps the question it answers
+    assert passages[4] == Passage(id="q2", text="What causes gout ?\nUric acid .", title="Gout", url="u2", source="S",
+                                  question="What causes gout ?")
 
 
 def test_reused_qids_get_unique_ids():

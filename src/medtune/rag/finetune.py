@@ -50,18 +50,14 @@ EVAL_QUERIES = 500  # validation rewrites scored before and after training
 RERANK_DEPTH = 20  # candidates a re-ranker orders, as `Retriever` does by default
 
 
-class CountTextTokens:
-    """Trainer mixin: counts the real tokens of every text column, for the training line's tokens/s."""
+class EmbedderTrainer(SentenceTransformerTrainer):
+    """Counts the real tokens of every text column, for the training line's tokens/s."""
 
     train_tokens = 0
 
     def training_step(self, model, inputs, *args, **kwargs):
         self.train_tokens += int(sum(v.sum() for k, v in inputs.items() if k.endswith("attention_mask")))
         return super().training_step(model, inputs, *args, **kwargs)
-
-
-class EmbedderTrainer(CountTextTokens, SentenceTransformerTrainer):
-    pass
 
 
 class RerankerTrainer(CrossEncoderTrainer):
