@@ -131,3 +131,8 @@ def test_reranker_run_trains_a_cross_encoder_that_retrieval_uses(qa_jsonl, tmp_p
     hits = Retriever(load_index(index_dir), reranker=str(run_dir)).search("how would i know if i have gout", k=3)
     assert [h["id"] for h in json.loads(out.stdout)] == [h.id for h in hits]
     assert [h.rerank_score for h in hits] == sorted((h.rerank_score for h in hits), reverse=True)
+    with pytest.raises(ValueError, match="not a cross-encoder"):  # a bi-encoder would score with an untrained head
+        Retriever(load_index(index_dir), reranker=EMBEDDER)
+    refused = subprocess.run([sys.executable, "-m", "medtune.cli", "ask", "gout?", "--reranker", str(run_dir)],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert refused.returncode != 0 and "--reranker re-ranks what the index finds" in refused.stderr

@@ -154,6 +154,8 @@ def _index_build(args) -> None:
 def _ask(args) -> None:
     from medtune.rag.answer import ask, retrieve
 
+    if args.reranker and not args.index:
+        raise SystemExit("medtune ask: --reranker re-ranks what the index finds: give --index DIR too")
     if args.retrieve_only:
         if not args.index:
             raise SystemExit("medtune ask: --retrieve-only needs --index DIR")

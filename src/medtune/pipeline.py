@@ -24,13 +24,13 @@ from medtune.train.perplexity import answer_perplexity
 from medtune.eval.report import plot_loss_curve, write_report
 from medtune.io import write_atomic
 from medtune.logs import log
-from medtune.models import load_for_inference, load_start, resolve_start, run_card, write_card
+from medtune.models import load_start, resolve_start, run_card, write_card
 from medtune.predict import Predictor
 from medtune.recipe import Recipe, RecipeError, dump_recipe
 from medtune.train.common import cpu_only, fit
 from medtune.train.lora import check_method, quantization_config, trainable_on_cpu
 from medtune.train.seq2seq import build_seq2seq_trainer
-from medtune.train.sharding import save_full_model
+from medtune.train.sharding import evaluation_model, save_full_model
 from medtune.train.sft import build_sft_trainer, prepare_tokenizer
 
 
@@ -97,9 +97,9 @@ def run(recipe: Recipe, *, run_dir: Path | None = None, resume: bool = False, ca
         p = recipe.prompt
         write_card(model_dir, run_card(template=p.template, system=p.system, generation=recipe.eval.generation.model_dump(),
                                        base=resolved, adapter=adapter))
-        # A sharded model's weights are spread over the processes: the main one evaluates the saved model.
-        trained = load_for_inference(model_dir)[0].eval() if trainer.is_fsdp_enabled else trainer.model
-        after = _evaluate(trainer, trained, tokenizer, recipe, data.splits, generate=answers_questions)
+        trained = evaluation_model(trainer, str(model_dir))
+        after = (_evaluate(trainer, trained, tokenizer, recipe, data.splits, generate=answers_questions) if trained is not None
+                 else {"metrics": {}, "note": "not evaluated: the gathered model does not fit one device"})
         if recipe.align:
             after["metrics"] |= _final_rewards(result.log_history)
         _write_predictions(run_dir / "predictions.jsonl", after.pop("predictions", []))
@@ -168,7 +168,7 @@ def _before_after(before: dict, after: dict, questions: list[str]) -> dict:
     evaluation = {k: v for k, v in after.items() if k != "answers"}
     if before:
         evaluation["before"] = {k: before[k] for k in ("metrics", "perplexity") if k in before}
-    if questions:
+    if questions and "answers" in after:
         evaluation["answers"] = [
             {"question": q, "after": after["answers"][i]} | ({"before": before["answers"][i]} if "answers" in before else {})
             for i, q in enumerate(questions)

@@ -233,6 +233,9 @@ class Recipe(_Strict):
         if self.train.objective in ("embedding", "reranker") and (self.train.method != "full" or self.align):
             raise ValueError(f"train.objective: {self.train.objective} fine-tunes a whole sentence-transformers model: "
                              "train.method must be full, and there is no align step")
+        if self.train.objective == "reranker" and not self.train.retriever.hard_negatives:
+            raise ValueError("train.objective: reranker learns relevant from not relevant: train.retriever.hard_negatives "
+                             "must be true (its only negatives)")
         if self.train.objective == "pretrain" and self.model.kind == "seq2seq":
             raise ValueError("train.objective: pretrain is continued pre-training of causal LMs; model.kind is seq2seq")
         if self.align is None:

@@ -50,6 +50,8 @@ def rewrite(question: str, focus: str, lang: str, rng: random.Random, others: Se
     """One consumer-style rewrite of `question`; `others` are other questions about the same focus."""
     lang = lang if lang in _OPENINGS else "en"
     text = _bare(question)
+    if not text:
+        return question
     lower = rng.random() < 0.7
     if lower:
         text = text.lower()

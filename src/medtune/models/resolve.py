@@ -163,5 +163,9 @@ def load_tokenizer(resolved: ResolvedModel):
 
 def load_model(resolved: ResolvedModel, dtype: torch.dtype | str = torch.float32, quantization_config=None):
     auto = AutoModelForSeq2SeqLM if resolved.kind == "seq2seq" else AutoModelForCausalLM
-    extra = {"quantization_config": quantization_config, "device_map": "auto"} if quantization_config else {}
+    # Under a multi-process launcher each process loads its own copy onto its own GPU: accelerate refuses a model
+    # that device_map="auto" spread over several devices.
+    local = int(os.environ.get("LOCAL_RANK", -1))
+    device_map = {"": local} if local >= 0 and torch.cuda.is_available() else "auto"
+    extra = {"quantization_config": quantization_config, "device_map": device_map} if quantization_config else {}
     return auto.from_pretrained(resolved.location, revision=resolved.revision, dtype=dtype, **extra)

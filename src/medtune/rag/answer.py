@@ -226,14 +226,14 @@ class Answerer:
         has one, else by cosine in the index's embedding space.
         """
         picked = [(src.n, s) for src in sources for s in _statements(src.text, lang)]  # in document order
-        if not picked:
-            return ""
+        if not picked:  # no whole statement anywhere (lists, notes without stops): what the best source says first
+            return f"[{sources[0].n}] " + " ".join(split_sentences(sources[0].text, lang)[:2]) if sources else ""
         texts = [s for _, s in picked]
         if self.retriever.reranker is not None:
             scores = np.asarray(self.retriever.reranker.predict([(question, s) for s in texts], show_progress_bar=False), dtype=np.float32)
         else:
-            vectors = self.retriever.embedder.encode([question] + texts)  # normalized: dot = cosine
-            scores = vectors[1:] @ vectors[0]
+            embedder = self.retriever.embedder  # normalized vectors: dot = cosine; a long question read whole
+            scores = embedder.encode(texts) @ embedder.encode_queries([question])[0]
         # The best, then up to n - 1 more from the better half of the candidates (the rest is off the question), no repeats.
         order, median = np.argsort(-scores, kind="stable"), np.median(scores)
         best = [order[0]]

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -73,6 +74,9 @@ class Embedder:
         self.st.max_seq_length = max_seq_length
         self.dim = int(self.st.get_embedding_dimension())
         self.tokenizer = self.st.tokenizer
+        # A fast tokenizer keeps truncation and padding settings in shared state that each call resets: a server
+        # encodes queries in several threads, so every call to it takes this lock (as Predictor's does).
+        self.tokenizer_lock = threading.Lock()
         self.session = self._onnx_session() if backend != "torch" else None
 
     def describe(self) -> dict:
@@ -156,14 +160,16 @@ class Embedder:
         return out
 
     def _windows(self, text: str) -> list[str]:
-        if len(self.tokenizer(text, add_special_tokens=True).input_ids) <= self.max_seq_length:
-            return [text]
+        with self.tokenizer_lock:
+            if len(self.tokenizer(text, add_special_tokens=True, verbose=False).input_ids) <= self.max_seq_length:
+                return [text]
         from medtune.sentences import split_sentences
 
         limit = self.max_seq_length - 2  # the model's [CLS] and [SEP]
         windows, current, used = [], [], 0
         for sentence in split_sentences(text, "en"):  # punctuation rules; the language barely matters here
-            n = len(self.tokenizer(sentence, add_special_tokens=False).input_ids)
+            with self.tokenizer_lock:
+                n = len(self.tokenizer(sentence, add_special_tokens=False, verbose=False).input_ids)
             if current and used + n > limit:
                 windows.append(" ".join(current))
                 current, used = [], 0
@@ -174,14 +180,17 @@ class Embedder:
 
     def encode(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
         if self.session is None:
-            return self.st.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                                  show_progress_bar=progress).astype(np.float32)
+            with self.tokenizer_lock:  # sentence-transformers tokenizes inside
+                return self.st.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                                      show_progress_bar=progress).astype(np.float32)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths per batch: little padding
         progress_bar = bar(total=len(texts), desc="embedding", unit="passage", disable=not progress)
         for start in range(0, len(texts), self.batch_size):
             idx = order[start : start + self.batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="np")
+            with self.tokenizer_lock:
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_seq_length,
+                                     return_tensors="np")
             hidden = self.session.run(None, {n: enc[n].astype(np.int64) for n in self.input_names})[0]
             if self.pooling == "cls":
                 vec = hidden[:, 0]

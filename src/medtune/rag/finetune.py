@@ -26,6 +26,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+from accelerate import PartialState
 from sentence_transformers import (CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments, SentenceTransformer,
                                    SentenceTransformerTrainer, SentenceTransformerTrainingArguments)
 from sentence_transformers.cross_encoder import losses as ce_losses
@@ -161,6 +162,8 @@ def train_retriever(recipe: Recipe, run_dir: Path, *, resume: bool = False, call
     """A run of `train.objective: embedding` or `reranker`; returns the run directory."""
     t, cfg = recipe.train, recipe.train.retriever
     reranker = t.objective == "reranker"
+    if PartialState().num_processes > 1:
+        raise RecipeError(f"train.objective: {t.objective} trains in one process (a small model): launch it without torchrun/accelerate")
     model_id, folder = resolve_folder(recipe.model.name_or_path, what="re-ranking model" if reranker else "embedding model", flag="model")
     log.info("%s model: %s", t.objective, model_id)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +172,12 @@ def train_retriever(recipe: Recipe, run_dir: Path, *, resume: bool = False, call
     train = from_dataset(data.splits["train"])
     if not train:
         raise RecipeError("data: no training records to make question -> passage pairs from")
-    columns, pairs_report = _training_pairs(train, cfg, t.seed, folder)
+    if n := sum(not r.question.strip() for r in train):
+        raise RecipeError(f"data: {n} training records have no question (plain text?); {t.objective} training needs "
+                          "question -> passage pairs")
+    # Hard negatives come from the first stage: the model itself for an embedder, the default embedder for a re-ranker.
+    miner = resolve_folder(DEFAULT_EMBEDDER)[1] if reranker else folder
+    columns, pairs_report = _training_pairs(train, cfg, t.seed, miner)
     validation = from_dataset(data.splits["validation"])
     eval_set = (*_validation_queries(validation, recipe), _first_passages(validation)) if validation else None
     device = "cpu" if cpu_only() else None

@@ -123,7 +123,8 @@ class Retriever:
     def candidates(self, queries: list[str], depth: int) -> list[Candidates]:
         vectors = self.embedder.encode_queries(queries)
         dense, _ = self.index.dense_search(vectors, depth)
-        by_question, _ = self.index.dense_search(vectors, depth, questions=True)
+        # question_weight 0 turns question matching off: no candidates from the stored questions either
+        by_question, _ = self.index.dense_search(vectors, depth if self.fusion.question_weight > 0 else 0, questions=True)
         out = []
         for query, vec, ranked, asked in zip(queries, vectors, dense, by_question):
             scores = self.index.bm25_scores(query)
@@ -182,4 +183,8 @@ def load_reranker(ref: str):
     from sentence_transformers import CrossEncoder
 
     _, folder = resolve_folder(ref, what="re-ranking model", flag="reranker")
+    modules = folder / "modules.json"
+    if modules.is_file() and "Pooling" in modules.read_text():  # it would load with an untrained scoring head
+        raise ValueError(f"{ref}: a sentence embedding model (bi-encoder), not a cross-encoder; give it to index build "
+                         "--embedder, and --reranker a train.objective: reranker run or a CrossEncoder")
     return CrossEncoder(str(folder), device="cpu")

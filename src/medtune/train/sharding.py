@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import os
 
+import torch
 from accelerate import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+from medtune.logs import log
+from medtune.models import load_for_inference
 
 
 def fsdp_requested() -> bool:
@@ -45,3 +49,19 @@ def save_full_model(trainer, model_dir: str) -> None:
     if trainer.is_fsdp_enabled:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(model_dir)
+
+
+def evaluation_model(trainer, model_dir: str):
+    """The model the main process evaluates after training: the trainer's own or, under FSDP, where each process
+    holds only a shard, the saved whole model, loaded once this process's optimizer state is freed. None when the
+    whole model does not fit this process's device (it was sharded for being too large): evaluate the saved model
+    later with `medtune eval` on a machine that holds it."""
+    if not trainer.is_fsdp_enabled:
+        return trainer.model
+    trainer.optimizer = trainer.lr_scheduler = None
+    trainer.accelerator.free_memory()
+    try:
+        return load_for_inference(model_dir)[0].eval()
+    except torch.cuda.OutOfMemoryError:
+        log.warning("the gathered model does not fit one device: no evaluation after training; run `medtune eval %s`", model_dir)
+        return None
