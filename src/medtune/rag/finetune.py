@@ -185,12 +185,11 @@ def train_retriever(recipe: Recipe, run_dir: Path, *, resume: bool = False, call
     if reranker:
         # A bi-encoder folder (the default embedder) starts a cross-encoder too: its encoder, and a new scoring head.
         model = CrossEncoder(str(folder), num_labels=1, max_length=cfg.max_seq_length, device=device)
-        first_stage = SentenceTransformer(str(resolve_folder(DEFAULT_EMBEDDER)[1]), device=device)
+        first_stage = SentenceTransformer(str(miner), device=device)
         before = _mrr_at_10(first_stage, *eval_set) if eval_set else None
-        queries = columns["anchor"] * (2 if "negative" in columns else 1)
-        texts = columns["positive"] + columns.get("negative", [])
-        labels = [1.0] * len(columns["positive"]) + [0.0] * len(columns.get("negative", []))
-        dataset = datasets.Dataset.from_dict({"query": queries, "passage": texts, "label": labels})
+        n = len(columns["anchor"])  # the recipe requires hard negatives for a re-ranker: every anchor has one
+        dataset = datasets.Dataset.from_dict({"query": columns["anchor"] * 2, "passage": columns["positive"] + columns["negative"],
+                                              "label": [1.0] * n + [0.0] * n})
         trainer = RerankerTrainer(model=model, args=_arguments(recipe, run_dir, CrossEncoderTrainingArguments), train_dataset=dataset,
                                   loss=ce_losses.BinaryCrossEntropyLoss(model), callbacks=callbacks)
     else:

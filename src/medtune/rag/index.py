@@ -256,8 +256,9 @@ class Index:
             keys[row, :n], cos[row, :n] = m.keys, 1.0 - m.distances  # ip distance = 1 - dot
         return keys, cos
 
-    def vectors(self, indices: np.ndarray) -> np.ndarray:
-        found = self.dense.get(np.asarray(indices, dtype=np.uint64), dtype=np.float32)
+    def vectors(self, indices, *, questions: bool = False) -> np.ndarray:
+        """The passages' vectors (with `questions`: their stored questions' vectors), one row each."""
+        found = (self.questions if questions else self.dense).get(np.asarray(indices, dtype=np.uint64), dtype=np.float32)
         return np.stack(found) if isinstance(found, tuple) else np.atleast_2d(found)
 
     def question_cosines(self, indices: list[int], query_vector: np.ndarray) -> dict[int, float]:
@@ -265,9 +266,7 @@ class Index:
         with_question = [i for i in indices if self.passages[i].question] if self.questions is not None else []
         if not with_question:
             return {}
-        found = self.questions.get(np.asarray(with_question, dtype=np.uint64), dtype=np.float32)
-        vectors = np.stack(found) if isinstance(found, tuple) else np.atleast_2d(found)
-        return dict(zip(with_question, (vectors @ query_vector).tolist()))
+        return dict(zip(with_question, (self.vectors(with_question, questions=True) @ query_vector).tolist()))
 
 
 def load_index(path: str | os.PathLike) -> Index:
