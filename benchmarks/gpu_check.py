@@ -49,6 +49,7 @@ from medtune.testing import make_llama, qa_rows  # noqa: E402
 
 DISEASES = ["gout", "asthma", "lupus", "anemia", "psoriasis", "scurvy", "rickets", "measles", "glaucoma", "migraine",
             "malaria", "tetanus", "shingles", "goiter", "eczema", "sepsis"]
+STEPS = ("qlora_sft", "merge", "dpo", "quantize", "speed_lora", "speed_full", "speed_qlora", "headqa_eval", "fsdp")
 SPEED_SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                    num_key_value_heads=4, vocab_size=32000)  # TinyLlama-1.1B's shape
 
@@ -199,11 +200,15 @@ class Kit:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)
         ids = torch.randint(0, SPEED_SHAPE["vocab_size"], (batch, seq), device="cuda")
+        torch.cuda.reset_peak_memory_stats()
         for i in range(warmup + steps):
             if i == warmup:
                 torch.cuda.synchronize()
                 start = time.perf_counter()
-            loss = model(input_ids=ids, labels=ids).loss
+            # bf16 autocast, as the trainer runs with bf16=True: PEFT keeps adapters in fp32, and without it
+            # every adapter matmul would run in fp32 on an upcast copy of its input
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(input_ids=ids, labels=ids).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -311,7 +316,10 @@ def main() -> None:
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     ap.add_argument("--data-dir", type=Path, default=shared if shared.is_dir() else None,
                     help="folder with head_qa/es for the eval step (default: ../shared/data when it exists)")
+    ap.add_argument("--only", type=lambda v: v.split(","), help=f"comma-separated steps to run (default all: {','.join(STEPS)})")
     args = ap.parse_args()
+    if unknown := set(args.only or ()) - set(STEPS):
+        ap.error(f"--only: no such step {', '.join(sorted(unknown))}; steps are {', '.join(STEPS)}")
 
     import torch
 
@@ -321,11 +329,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         kit = Kit(args.out, Path(tmp), args.cpu_smoke, args.peak_tflops, args.data_dir)
-        for name in ("qlora_sft", "merge", "dpo", "quantize", "speed_lora", "speed_full", "speed_qlora", "headqa_eval", "fsdp"):
+        device = torch.cuda.get_device_name(0) if kit.cuda else "cpu"
+        for name in args.only or STEPS:
             kit.step(name, getattr(kit, name))
-    device = torch.cuda.get_device_name(0) if kit.cuda else "cpu"
-    report = {"device": device, "torch": torch.__version__, "cpu_smoke": args.cpu_smoke, "steps": kit.results}
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2))
+            # after every step: a lease that runs out mid-kit still brings back the steps done
+            report = {"device": device, "torch": torch.__version__, "cpu_smoke": args.cpu_smoke, "steps": kit.results}
+            (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2))
     table = markdown(kit.results)
     (args.out / "gpu_check.md").write_text(f"# medtune GPU check on {device}\n\n{table}\n")
     print(table)

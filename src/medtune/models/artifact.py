@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from medtune.models.card import MODEL_CARD, read_card
 from medtune.models.quanto import load_quantized_weights
 from medtune.models.resolve import ModelNotAvailable, ResolvedModel, load_gguf, load_model, load_tokenizer, resolve_model
+from medtune.models.vocab import align_token_ids, grow_embeddings
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ def _with_adapter(base, adapter_dir: Path, *, is_trainable: bool):
 
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     if len(tokenizer) != base.get_input_embeddings().num_embeddings:
-        base.resize_token_embeddings(len(tokenizer))  # the run added tokens (chat markers, pad)
+        grow_embeddings(base, tokenizer)  # the run added tokens (chat markers, pad)
+    align_token_ids(base, tokenizer)
     return PeftModel.from_pretrained(base, adapter_dir, is_trainable=is_trainable), tokenizer
 
 

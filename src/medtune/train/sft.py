@@ -16,6 +16,7 @@ import datasets
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from medtune.models.vocab import align_token_ids, grow_embeddings
 from medtune.prompts import chat_messages
 from medtune.recipe import Recipe, RecipeError
 from medtune.train.common import CountTokens, trainer_setup
@@ -82,10 +83,8 @@ def prepare_tokenizer(tokenizer, model) -> list[int]:
             added.append(pad)
         tokenizer.pad_token = pad
     if added:
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+        grow_embeddings(model, tokenizer)
+    align_token_ids(model, tokenizer)
     return tokenizer.convert_tokens_to_ids(added)
 
 
