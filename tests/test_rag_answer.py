@@ -147,7 +147,7 @@ class KeywordReranker:
     def __init__(self, keyword: str):
         self.keyword, self.scored = keyword, []
 
-    def predict(self, pairs, show_progress_bar=False):
+    def predict(self, pairs):
         self.scored += [text for _, text in pairs]
         return np.array([float(self.keyword in text) for _, text in pairs], dtype=np.float32)
 

@@ -89,9 +89,13 @@ class RetrieverConfig(_Strict):
     data. embedding: a sentence-transformers bi-encoder, the other passages of a batch (and one mined hard negative)
     as negatives; reranker: a cross-encoder scoring (question, passage) as relevant or not (the hard negative)."""
 
-    loss: Literal["mnrl", "cached_mnrl"] = Field(
-        "mnrl", description="embedding: MultipleNegativesRankingLoss, or its cached variant (large batches in little memory)")
+    loss: Literal["mnrl", "cached_mnrl", "bce"] = Field(
+        "mnrl", description="MultipleNegativesRankingLoss (the batch's other passages are negatives too), or its cached "
+                            "variant (large batches in little memory); reranker only: bce, binary cross-entropy on "
+                            "(question, passage, relevant or not) rows")
     mini_batch_size: int = Field(16, gt=0, description="cached_mnrl: rows per forward pass")
+    negatives: int = Field(4, ge=0, description="reranker, mnrl: other passages of the batch scored per question, besides "
+                                                "the hard negative")
     hard_negatives: bool = Field(True, description="add, per pair, the best-ranked passage of another focus (mined with a medtune index)")
     rewrites: int = Field(2, ge=0, description="consumer-style rewrites of each question (narrative, typos, lower case, a second question) as extra anchors")
     max_seq_length: int = Field(128, gt=0, description="tokens per text (embedding: the index embeds passages with the same "
@@ -233,6 +237,8 @@ class Recipe(_Strict):
         if self.train.objective in ("embedding", "reranker") and (self.train.method != "full" or self.align):
             raise ValueError(f"train.objective: {self.train.objective} fine-tunes a whole sentence-transformers model: "
                              "train.method must be full, and there is no align step")
+        if self.train.objective == "embedding" and self.train.retriever.loss == "bce":
+            raise ValueError("train.retriever.loss: bce is for train.objective: reranker; an embedding model trains with mnrl or cached_mnrl")
         if self.train.objective == "reranker" and not self.train.retriever.hard_negatives:
             raise ValueError("train.objective: reranker learns relevant from not relevant: train.retriever.hard_negatives "
                              "must be true (its only negatives)")

@@ -230,7 +230,7 @@ class Answerer:
             return f"[{sources[0].n}] " + " ".join(split_sentences(sources[0].text, lang)[:2]) if sources else ""
         texts = [s for _, s in picked]
         if self.retriever.reranker is not None:
-            scores = np.asarray(self.retriever.reranker.predict([(question, s) for s in texts], show_progress_bar=False), dtype=np.float32)
+            scores = self.retriever.reranker.predict([(question, s) for s in texts])
         else:
             embedder = self.retriever.embedder  # normalized vectors: dot = cosine; a long question read whole
             scores = embedder.encode(texts) @ embedder.encode_queries([question])[0]

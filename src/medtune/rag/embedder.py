@@ -92,59 +92,10 @@ class Embedder:
         return mode
 
     def _onnx_session(self):
-        import onnxruntime as ort
-
         self.pooling = self._pooling()
         self.input_names = list(self.tokenizer.model_input_names)
-        target = cache_dir() / "onnx" / _export_key(self.folder) / ("model-int8.onnx" if self.backend == "onnx-int8" else "model.onnx")
-        if not target.is_file():
-            self._export(target)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        return ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
-
-    def _export(self, target: Path) -> None:
-        log.info("exporting %s to %s once (%s)", self.model_id, target.name, target.parent)
-        import torch
-
-        float_model = target.with_name("model.onnx")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
-        try:
-            if not float_model.is_file():
-                names = self.input_names
-
-                class Wrapped(torch.nn.Module):  # keyword inputs in a fixed order, for the exporter
-                    def __init__(self, encoder):
-                        super().__init__()
-                        self.encoder = encoder
-
-                    def forward(self, *inputs):
-                        return self.encoder(**dict(zip(names, inputs))).last_hidden_state
-
-                sample = self.tokenizer(["a short one", "a somewhat longer example sentence"], padding=True, return_tensors="pt")
-                with warnings.catch_warnings(), torch.no_grad():
-                    warnings.simplefilter("ignore")
-                    torch.onnx.export(
-                        Wrapped(self.st[0].auto_model).eval(), tuple(sample[n] for n in names), str(staging / "model.onnx"), dynamo=False,
-                        input_names=names, output_names=["last_hidden_state"], opset_version=17,
-                        dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]},
-                    )
-                os.replace(staging / "model.onnx", float_model)
-            if target != float_model:
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-
-                # per-channel weights on MatMul only: per-tensor int8 cost 5% cosine, this costs 0.5%
-                root = logging.getLogger()  # onnxruntime advises pre-processing on the root logger: not for our users
-                level, root.level = root.level, logging.ERROR
-                try:
-                    quantize_dynamic(str(float_model), str(staging / target.name), op_types_to_quantize=["MatMul"],
-                                     per_channel=True, weight_type=QuantType.QInt8)
-                finally:
-                    root.level = level
-                os.replace(staging / target.name, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        return onnx_session(self.st[0].auto_model, self.tokenizer, self.folder, self.model_id, ("last_hidden_state", {0: "batch", 1: "tokens"}),
+                            "model", int8=self.backend == "onnx-int8")
 
     def encode_queries(self, queries: list[str]) -> np.ndarray:
         """Queries as `encode` gives them, except that one longer than the model's token limit (a story, then
@@ -201,3 +152,60 @@ class Embedder:
             progress_bar.update(len(idx))
         progress_bar.close()
         return out
+
+
+def onnx_session(module, tokenizer, folder: Path, model_id: str, output: tuple[str, dict], stem: str, *, int8: bool):
+    """An onnxruntime session of `module` (a transformers model; `output`: the name of the result it returns and
+    that result's dynamic axes), exported once into medtune's cache as STEM.onnx, and with `int8` its MatMul
+    weights quantized per channel."""
+    import onnxruntime as ort
+
+    target = cache_dir() / "onnx" / _export_key(folder) / (f"{stem}-int8.onnx" if int8 else f"{stem}.onnx")
+    if not target.is_file():
+        _export(module, tokenizer, model_id, output, target, target.with_name(f"{stem}.onnx"))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+
+
+def _export(module, tokenizer, model_id: str, output: tuple[str, dict], target: Path, float_model: Path) -> None:
+    log.info("exporting %s to %s once (%s)", model_id, target.name, target.parent)
+    import torch
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
+    try:
+        if not float_model.is_file():
+            names, (output_name, output_axes) = list(tokenizer.model_input_names), output
+
+            class Wrapped(torch.nn.Module):  # keyword inputs in a fixed order, for the exporter
+                def __init__(self, inner):
+                    super().__init__()
+                    self.inner = inner
+
+                def forward(self, *inputs):
+                    return getattr(self.inner(**dict(zip(names, inputs))), output_name)
+
+            sample = tokenizer(["a short one", "a somewhat longer example sentence"], padding=True, return_tensors="pt")
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    Wrapped(module).eval(), tuple(sample[n] for n in names), str(staging / float_model.name), dynamo=False,
+                    input_names=names, output_names=[output_name], opset_version=17,
+                    dynamic_axes={n: {0: "batch", 1: "tokens"} for n in names} | {output_name: output_axes},
+                )
+            os.replace(staging / float_model.name, float_model)
+        if target != float_model:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            # per-channel weights on MatMul only: per-tensor int8 cost 5% cosine, this costs 0.5%
+            root = logging.getLogger()  # onnxruntime advises pre-processing on the root logger: not for our users
+            level, root.level = root.level, logging.ERROR
+            try:
+                quantize_dynamic(str(float_model), str(staging / target.name), op_types_to_quantize=["MatMul"],
+                                 per_channel=True, weight_type=QuantType.QInt8)
+            finally:
+                root.level = level
+            os.replace(staging / target.name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -27,7 +27,8 @@ from medtune.data.tabular import parse_json
 from medtune.io import write_atomic, write_json
 from medtune.rag.index import Index
 from medtune.rag.passages import CHUNK_WORDS, OVERLAP, passages_from_records
-from medtune.rag.retrieve import Fusion, Retriever, fuse, load_reranker, mix
+from medtune.rag.reranker import load_reranker
+from medtune.rag.retrieve import Fusion, Retriever, fuse, mix
 from medtune.records import QARecord
 
 KS = (1, 5, 10)
@@ -113,9 +114,10 @@ def evaluate_retrieval(
     report: dict[str, Any] = {
         "index": str(index.path), "queries": str(queries), "qrels": str(qrels), "judged_queries": len(judged),
         "unjudged_queries": len(pairs) - len(judged), "unknown_relevant_ids": len(docs - known),
-        "embedding": index.manifest["embedding"], "fusion": vars(fusion), "reranker": str(reranker) if reranker else None, "modes": {},
+        "embedding": index.manifest["embedding"], "fusion": vars(fusion), "modes": {},
     }
-    reranker = load_reranker(reranker) if isinstance(reranker, str) else reranker  # once, for every mode
+    reranker = load_reranker(reranker) if reranker is not None else None  # once, for every mode
+    report["reranker"] = reranker.describe() if reranker is not None else None
     k = max(10, *ks)
     for mode in modes:
         retriever = Retriever(index, mode, reranker, embedder=index.embedder(), fusion=fusion)

@@ -9,8 +9,9 @@ often answers the question too. Training is sentence-transformers' own trainer w
 MultipleNegativesRankingLoss (the batch's other passages are negatives too), no duplicate texts per
 batch.
 
-A reranker (CrossEncoder, sentence-transformers' CrossEncoderTrainer) learns from the same pairs as
-(question, passage, 1) and (question, hard negative, 0) rows with binary cross-entropy.
+A reranker (CrossEncoder, sentence-transformers' CrossEncoderTrainer) learns from the same pairs: with
+`loss: mnrl`, a softmax per question over its passage, its hard negative and `negatives` other passages
+of the batch; with `loss: bce`, (question, passage, 1) and (question, hard negative, 0) rows.
 
 The run directory holds model/ (a sentence-transformers folder with medtune.json): `medtune index
 build --embedder RUN_DIR` takes an embedder, `--reranker RUN_DIR` a re-ranker. The report scores the
@@ -67,8 +68,10 @@ class RerankerTrainer(CrossEncoderTrainer):
     train_tokens = 0
 
     def training_step(self, model, inputs, *args, **kwargs):
-        pair = self.model.tokenizer(inputs["query"], inputs["passage"], truncation=True, max_length=self.model.max_length)
-        self.train_tokens += sum(map(len, pair["input_ids"]))
+        for column in ("passage", "negative"):
+            if column in inputs:
+                pair = self.model.tokenizer(inputs["query"], inputs[column], truncation=True, max_length=self.model.max_length)
+                self.train_tokens += sum(map(len, pair["input_ids"]))
         return super().training_step(model, inputs, *args, **kwargs)
 
 
@@ -187,11 +190,17 @@ def train_retriever(recipe: Recipe, run_dir: Path, *, resume: bool = False, call
         model = CrossEncoder(str(folder), num_labels=1, max_length=cfg.max_seq_length, device=device)
         first_stage = SentenceTransformer(str(miner), device=device)
         before = _mrr_at_10(first_stage, *eval_set) if eval_set else None
-        n = len(columns["anchor"])  # the recipe requires hard negatives for a re-ranker: every anchor has one
-        dataset = datasets.Dataset.from_dict({"query": columns["anchor"] * 2, "passage": columns["positive"] + columns["negative"],
-                                              "label": [1.0] * n + [0.0] * n})
+        if cfg.loss == "bce":
+            n = len(columns["anchor"])  # the recipe requires hard negatives for a re-ranker: every anchor has one
+            dataset = datasets.Dataset.from_dict({"query": columns["anchor"] * 2, "passage": columns["positive"] + columns["negative"],
+                                                  "label": [1.0] * n + [0.0] * n})
+            loss = ce_losses.BinaryCrossEntropyLoss(model)
+        else:  # per question, a softmax over its passage, its hard negative and `negatives` passages of the batch
+            dataset = datasets.Dataset.from_dict({"query": columns["anchor"], "passage": columns["positive"], "negative": columns["negative"]})
+            loss = (ce_losses.CachedMultipleNegativesRankingLoss(model, num_negatives=cfg.negatives, mini_batch_size=cfg.mini_batch_size)
+                    if cfg.loss == "cached_mnrl" else ce_losses.MultipleNegativesRankingLoss(model, num_negatives=cfg.negatives))
         trainer = RerankerTrainer(model=model, args=_arguments(recipe, run_dir, CrossEncoderTrainingArguments), train_dataset=dataset,
-                                  loss=ce_losses.BinaryCrossEntropyLoss(model), callbacks=callbacks)
+                                  loss=loss, callbacks=callbacks)
     else:
         model = SentenceTransformer(str(folder), device=device)
         model.max_seq_length = cfg.max_seq_length
@@ -215,6 +224,6 @@ def train_retriever(recipe: Recipe, run_dir: Path, *, resume: bool = False, call
         log.info("validation MRR@10 (consumer rewrites): %.3f -> %.3f", before, after)
     plots = {"loss_curve": "loss_curve.png"} if plot_loss_curve(result.log_history, run_dir / "loss_curve.png") else {}
     write_report(run_dir, {"name": recipe.name, "model": model_id, "recipe": "recipe.yaml", "data": data.report | {"pairs": pairs_report},
-                           "train": result.to_dict() | {"objective": t.objective} | ({} if reranker else {"loss": cfg.loss}),
+                           "train": result.to_dict() | {"objective": t.objective, "loss": cfg.loss},
                            "eval": evaluation, "plots": plots})
     return run_dir

@@ -25,8 +25,9 @@ from typing import Literal
 
 import numpy as np
 
-from medtune.rag.embedder import Embedder, resolve_folder
+from medtune.rag.embedder import Embedder
 from medtune.rag.index import Index
+from medtune.rag.reranker import load_reranker
 
 Mode = Literal["hybrid", "bm25", "dense"]
 MODES = ("hybrid", "bm25", "dense")
@@ -118,7 +119,7 @@ class Retriever:
             index.check_embedder(embedder)
         self.index, self.mode, self.fusion, self.rerank_depth = index, mode, fusion, rerank_depth
         self.embedder = embedder or index.embedder()
-        self.reranker = load_reranker(reranker) if isinstance(reranker, str) else reranker
+        self.reranker = load_reranker(reranker) if reranker is not None else None
 
     def candidates(self, queries: list[str], depth: int) -> list[Candidates]:
         vectors = self.embedder.encode_queries(queries)
@@ -169,22 +170,10 @@ class Retriever:
     def _rerank(self, query: str, hits: list[Hit], k: int) -> list[Hit]:
         if not hits:
             return hits
-        scores = self.reranker.predict([(query, h.text) for h in hits], show_progress_bar=False)
-        order = np.argsort(-np.asarray(scores, dtype=np.float32), kind="stable")[:k]
+        scores = self.reranker.predict([(query, h.text) for h in hits])
+        order = np.argsort(-scores, kind="stable")[:k]
         return [replace(hits[i], rank=r, rerank_score=float(scores[i])) for r, i in enumerate(order.tolist(), 1)]
 
     def confident(self, hits: list[Hit]) -> bool:
         """Whether the retrieval found something on topic: best cosine at or above the index's threshold."""
         return bool(hits) and max(h.dense_score for h in hits) >= self.index.threshold
-
-
-def load_reranker(ref: str):
-    """A sentence-transformers CrossEncoder from a local folder, the hub cache, or the hub when reachable."""
-    from sentence_transformers import CrossEncoder
-
-    _, folder = resolve_folder(ref, what="re-ranking model", flag="reranker")
-    modules = folder / "modules.json"
-    if modules.is_file() and "Pooling" in modules.read_text():  # it would load with an untrained scoring head
-        raise ValueError(f"{ref}: a sentence embedding model (bi-encoder), not a cross-encoder; give it to index build "
-                         "--embedder, and --reranker a train.objective: reranker run or a CrossEncoder")
-    return CrossEncoder(str(folder), device="cpu")
