@@ -139,3 +139,11 @@ def test_errors_quote_long_inputs_shortened_and_list_the_first_problems(recipe_d
     msg = str(exc.value)
     assert msg.startswith("my.yaml: invalid recipe (102 problem(s))\n  train.typo0: unknown field")
     assert msg.endswith("train.typo19: unknown field (check the spelling) (got 19)\n  ...and 82 more")
+
+
+def test_retriever_losses_fit_their_objective(recipe_dict):
+    recipe_dict["train"] = {"objective": "embedding", "retriever": {"loss": "bce"}}
+    with pytest.raises(RecipeError, match="bce is for train.objective: reranker"):
+        recipe_from_dict(recipe_dict)
+    recipe_dict["train"]["objective"] = "reranker"
+    assert recipe_from_dict(recipe_dict).train.retriever.loss == "bce"

@@ -111,7 +111,7 @@ def test_reranker_run_trains_a_cross_encoder_that_retrieval_uses(qa_jsonl, tmp_p
 
     run_dir, _ = _train(qa_jsonl, tmp_path, "reranker", steps=2, rewrites=0, save_steps=100)
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["train"]["objective"] == "reranker" and report["train"]["global_step"] == 2
+    assert report["train"]["objective"] == "reranker" and report["train"]["global_step"] == 2 and report["train"]["loss"] == "mnrl"
     assert report["data"]["pairs"] == {"questions": 24, "rewrites": 0, "hard_negative_fallbacks": 0}
     assert "re-ranked" in report["eval"]["about"] and 0 < report["eval"]["metrics"]["mrr@10"] <= 1
     model = CrossEncoder(str(run_dir / "model"), device="cpu")
@@ -131,6 +131,13 @@ def test_reranker_run_trains_a_cross_encoder_that_retrieval_uses(qa_jsonl, tmp_p
     hits = Retriever(load_index(index_dir), reranker=str(run_dir)).search("how would i know if i have gout", k=3)
     assert [h["id"] for h in json.loads(out.stdout)] == [h.id for h in hits]
     assert [h.rerank_score for h in hits] == sorted((h.rerank_score for h in hits), reverse=True)
+    # Query time runs an int8 ONNX export: it scores as the torch model does, within quantization error.
+    from medtune.rag.reranker import Reranker
+
+    pairs = [("how would i know if i have gout", h.text) for h in hits] + [("What causes gout ?", "asthma narrows airways")]
+    exact, onnx, int8 = (Reranker(str(run_dir), backend).predict(pairs) for backend in ("torch", "onnx", "onnx-int8"))
+    assert exact.shape == (4,) and ((exact > 0) & (exact < 1)).all()
+    assert abs(onnx - exact).max() < 1e-5 and abs(int8 - exact).max() < 0.02
     with pytest.raises(ValueError, match="not a cross-encoder"):  # a bi-encoder would score with an untrained head
         Retriever(load_index(index_dir), reranker=EMBEDDER)
     refused = subprocess.run([sys.executable, "-m", "medtune.cli", "ask", "gout?", "--reranker", str(run_dir)],

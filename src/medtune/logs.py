@@ -7,6 +7,7 @@ own logs and bars too); Python users may call it as well.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -75,6 +76,23 @@ def setup(verbosity: int = 0) -> None:
 
         datasets.logging.set_verbosity_warning()
         datasets.disable_progress_bars()
+
+
+@contextlib.contextmanager
+def transformers_quiet():
+    """transformers' and sentence-transformers' warnings held back for one call whose outcome medtune chose and
+    reports itself (new token rows initialized at the mean, a new scoring head on an encoder)."""
+    from transformers.utils import logging as hf_logging
+
+    level, st = hf_logging.get_verbosity(), logging.getLogger("sentence_transformers")
+    st_level = st.level
+    hf_logging.set_verbosity_error()
+    st.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        st.setLevel(st_level)
 
 
 def bar(iterable=None, *, desc: str, total: int | None = None, unit: str = "it", disable: bool = False, **kwargs):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transformers.utils import logging as hf_logging
+from medtune.logs import transformers_quiet
 
 
 def grow_embeddings(model, tokenizer) -> None:
@@ -11,12 +11,8 @@ def grow_embeddings(model, tokenizer) -> None:
     transformers warns each time that it initializes them so; that mean is medtune's choice, so the
     warning is held back for this call only.
     """
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    with transformers_quiet():
         model.resize_token_embeddings(len(tokenizer))
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def align_token_ids(model, tokenizer) -> None:

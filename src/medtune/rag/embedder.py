@@ -50,6 +50,12 @@ def resolve_folder(ref: str, what: str = "embedding model", flag: str = "embedde
     return ref, Path(location)
 
 
+def is_bi_encoder(folder: Path) -> bool:
+    """A sentence-transformers embedding model (its modules pool token vectors), not a cross-encoder."""
+    modules = folder / "modules.json"
+    return modules.is_file() and "Pooling" in modules.read_text()
+
+
 def _export_key(folder: Path) -> str:
     # The model's files (names, sizes, mtimes) name the export, so a changed model is re-exported.
     h = hashlib.sha1()

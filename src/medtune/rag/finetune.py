@@ -22,6 +22,7 @@ embedder alone).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -39,12 +40,12 @@ from medtune.data import prepare_data
 from medtune.data.rewrites import consumer_rewrites
 from medtune.eval.report import plot_loss_curve, write_report
 from medtune.io import write_atomic
-from medtune.logs import log
+from medtune.logs import log, transformers_quiet
 from medtune.models import write_card
 from medtune.recipe import Recipe, RecipeError, RetrieverConfig, dump_recipe
 from medtune.records import QARecord, from_dataset
 from medtune.train.common import choose_precision, cpu_only, fit
-from medtune.rag.embedder import DEFAULT_EMBEDDER, resolve_folder
+from medtune.rag.embedder import DEFAULT_EMBEDDER, is_bi_encoder, resolve_folder
 from medtune.rag.evaluate import score
 from medtune.rag.passages import passages_from_records
 
@@ -186,8 +187,13 @@ def train_retriever(recipe: Recipe, run_dir: Path, *, resume: bool = False, call
     device = "cpu" if cpu_only() else None
 
     if reranker:
-        # A bi-encoder folder (the default embedder) starts a cross-encoder too: its encoder, and a new scoring head.
-        model = CrossEncoder(str(folder), num_labels=1, max_length=cfg.max_seq_length, device=device)
+        # A bi-encoder folder (the default embedder) starts a cross-encoder too: its encoder, and a new scoring head
+        # (transformers' report of the head's missing weights says just that).
+        new_head = is_bi_encoder(folder)
+        with transformers_quiet() if new_head else contextlib.nullcontext():
+            model = CrossEncoder(str(folder), num_labels=1, max_length=cfg.max_seq_length, device=device)
+        if new_head:
+            log.info("re-ranker: %s's encoder with a new scoring head", model_id)
         first_stage = SentenceTransformer(str(miner), device=device)
         before = _mrr_at_10(first_stage, *eval_set) if eval_set else None
         if cfg.loss == "bce":

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from medtune.rag.embedder import BACKENDS, onnx_session, resolve_folder
+from medtune.rag.embedder import BACKENDS, is_bi_encoder, onnx_session, resolve_folder
 
 
 class Reranker:
@@ -23,8 +23,7 @@ class Reranker:
         from sentence_transformers import CrossEncoder
 
         self.model_id, folder = resolve_folder(ref, what="re-ranking model", flag="reranker")
-        modules = folder / "modules.json"
-        if modules.is_file() and "Pooling" in modules.read_text():  # it would load with an untrained scoring head
+        if is_bi_encoder(folder):  # it would load with an untrained scoring head
             raise ValueError(f"{ref}: a sentence embedding model (bi-encoder), not a cross-encoder; give it to index build "
                              "--embedder, and --reranker a train.objective: reranker run or a CrossEncoder")
         self.backend = backend
