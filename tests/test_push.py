@@ -184,6 +184,9 @@ def test_merged_quantized_and_merge_cards(made, dry):
     merged = metadata_load(dry["merged"] / "README.md")
     assert merged["library_name"] == "transformers" and "base_model" not in merged
     assert "folded into a full-precision (fp32) copy of its base" in (dry["merged"] / "README.md").read_text()
+    for name in ("config.json", "tokenizer_config.json", "generation_config.json"):  # special tokens are not secrets
+        source, published = (json.loads((f / name).read_text()) for f in (made["merged"], dry["merged"]))
+        assert published == source, name
 
     q_card = (dry["int4"] / "README.md").read_text()
     q = metadata_load(dry["int4"] / "README.md")
@@ -371,6 +374,7 @@ def test_cleaning_keeps_text_and_removes_what_is_local():
     assert clean_text(kept, []) == kept
     assert clean_text(f"token {TOKEN} or hf_{'x' * 30}", []) == "token <removed> or <removed>"
     assert clean_text("key=s3cr3t-value-123", ["s3cr3t-value-123"]) == "key=<removed>"
+    assert clean_value({"eos_token": "</s>", "pad_token_id": 0}, [], by_key=False) == {"eos_token": "</s>", "pad_token_id": 0}
     assert clean_value({"hub_token": "abc", "api_key": "k", "wandbApiKey": "k", "max_tokens": 5, "train_tokens": 9,
                         "path": "/tmp/a/b.json"}, []) == {"hub_token": "<removed>", "api_key": "<removed>",
                                                            "wandbApiKey": "<removed>", "max_tokens": 5, "train_tokens": 9, "path": "b.json"}

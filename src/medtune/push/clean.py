@@ -26,6 +26,13 @@ HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")
 COMMON_ROOTS = {"home", "Users", "root", "tmp", "var", "private", "mnt", "media", "opt", "srv", "work", "workspace",
                 "content", "kaggle", "data", "scratch", "nfs", "gpfs", "lustre"}
 TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".jinja", ".csv", ".py")
+# Files that transformers, PEFT, tokenizers and sentence-transformers write: their keys name special tokens
+# (`eos_token`, `pad_token_id`), not secrets, so only secret values and local paths are cleaned in them.
+LIBRARY_FILES = frozenset({
+    "config.json", "generation_config.json", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "quanto_qmap.json",
+    "model.safetensors.index.json", "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
+    "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"})
 TEXT_NAMES = ("Modelfile",)
 GGUF_METADATA_BYTES = 64 << 20  # a GGUF file's strings (metadata, vocabulary) come before its tensors
 
@@ -66,19 +73,20 @@ def clean_text(text: str, secrets: list[str]) -> str:
     return LOCAL_PATH.sub(lambda m: Path(m.group(0).rstrip("/")).name or "~", text)
 
 
-def clean_value(value: Any, secrets: list[str], key: str = "") -> Any:
-    """A JSON or YAML value with secrets removed (by key name or by value) and local paths shortened."""
+def clean_value(value: Any, secrets: list[str], key: str = "", by_key: bool = True) -> Any:
+    """A JSON or YAML value with secrets removed (by value, and with `by_key` by key name) and local paths
+    shortened."""
     if isinstance(value, dict):
-        return {clean_text(str(k), secrets): clean_value(v, secrets, str(k)) for k, v in value.items()}
+        return {clean_text(str(k), secrets): clean_value(v, secrets, str(k), by_key) for k, v in value.items()}
     if isinstance(value, list):
-        return [clean_value(v, secrets) for v in value]
-    if _is_secret_key(key) and value not in (None, "", False):
-        return REMOVED
-    return clean_text(value, secrets) if isinstance(value, str) else value
+        return [clean_value(v, secrets, "", by_key) for v in value]
+    if not isinstance(value, str):
+        return value
+    return REMOVED if by_key and value and _is_secret_key(key) else clean_text(value, secrets)
 
 
-def clean_json(text: str, secrets: list[str]) -> str:
-    return json.dumps(clean_value(json.loads(text), secrets), indent=2, ensure_ascii=False) + "\n"
+def clean_json(text: str, secrets: list[str], by_key: bool = True) -> str:
+    return json.dumps(clean_value(json.loads(text), secrets, by_key=by_key), indent=2, ensure_ascii=False) + "\n"
 
 
 def clean_yaml(text: str, secrets: list[str]) -> str:
@@ -88,11 +96,11 @@ def clean_yaml(text: str, secrets: list[str]) -> str:
 
 
 def clean_file(src: Path, dst: Path, secrets: list[str]) -> None:
-    """A cleaned copy of one of medtune's text files (never the source itself)."""
+    """A cleaned copy of a text file (never the source itself)."""
     text = src.read_text(encoding="utf-8")
     suffix = src.suffix.lower()
     if suffix == ".json":
-        text = clean_json(text, secrets)
+        text = clean_json(text, secrets, by_key=src.name not in LIBRARY_FILES)
     elif suffix in (".yaml", ".yml"):
         text = clean_yaml(text, secrets)
     elif suffix == ".jsonl":

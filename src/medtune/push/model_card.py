@@ -14,6 +14,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCardData, metadata_load, try_to_load_from_cache
 
+from medtune.models import MODEL_CARD
 from medtune.push.artifacts import ModelArtifact, PushError, RunSource, run_record
 from medtune.push.clean import clean_yaml
 from medtune.push.licenses import MODEL_LICENSES, UNKNOWN, DataLicense, by_name, by_path, card_license, combined, of_source
@@ -98,7 +99,7 @@ def model_card(a: ModelArtifact, repo: str, secrets: list[str]) -> str:
         "library_name": _library(a, lin),
         "pipeline_tag": PIPELINES.get(lin.model_kind),
         "tags": _tags(a, run),
-        "model_name": repo.split("/")[1],
+        "model_name": repo.split("/")[1] if results else None,  # the name of the model-index entry
         "eval_results": [r for r, _ in results] or None,
     } | card_license(license_id)
     card_data = ModelCardData(**{k: v for k, v in meta.items() if v is not None})
@@ -252,20 +253,23 @@ def _metric(key: str) -> tuple[str, str | None, str]:
 def _run_results(report: dict, data: list[tuple[RunSource, DataLicense]]) -> list[tuple[EvalResult, str]]:
     """The run's held-out evaluation (its validation/test split) as model-index entries."""
     ev = report.get("eval") or {}
-    split, n = ev.get("split") or "validation", ev.get("n")
     hubs = {d.hub for _, d in data}
     dataset_type = hubs.pop() if len(hubs) == 1 and None not in hubs else "+".join(s.name for s, _ in data) or "training data"
-    name = f"{' + '.join(s.name for s, _ in data) or 'training data'}, held-out {split} split" + (f" ({n} examples)" if n else "")
+    names = " + ".join(s.name for s, _ in data) or "training data"
     out = []
     for key, value in (ev.get("metrics") or {}).items():
         if not _finite(value):
             continue
         mtype, config, pretty = _metric(key)
-        # Perplexity is measured on the validation split, generation metrics on eval.split.
-        metric_split = "validation" if key == "perplexity" else split
+        # Perplexity is over the validation split's answer tokens; generation metrics over eval.split's answers.
+        if key == "perplexity":
+            split, size = "validation", f"{(ev.get('perplexity') or {}).get('tokens', '?'):,} answer tokens"
+        else:
+            split, size = ev.get("split") or "validation", f"{ev.get('n', '?')} answers"
         result = EvalResult(task_type="text-generation", task_name="Medical question answering (held-out answers)",
-                            dataset_type=dataset_type, dataset_name=name, dataset_split=metric_split, metric_type=mtype,
-                            metric_config=config, metric_name=pretty, metric_value=value)
+                            dataset_type=dataset_type, dataset_name=f"{names}, held-out {split} split ({size})",
+                            dataset_split=split, metric_type=mtype, metric_config=config, metric_name=pretty,
+                            metric_value=value)
         before = ((ev.get("before") or {}).get("metrics") or {}).get(key)
         out.append((result, f"before training {_show(key, before)}" if _finite(before) else ""))
     return out
@@ -376,9 +380,13 @@ def _medical_section(a: ModelArtifact, results: list[tuple[EvalResult, str]], ru
              "person, the not-medical-advice notice) runs in front of the model; these weights alone carry none of it.",
              "", "Known failure modes, as measured:", ""]
     measured = []
-    for r, note in results:
-        key = next((k for k, v in METRICS.items() if (v[0], v[1]) == (r.metric_type, r.metric_config)), r.metric_type)
-        measured.append(f"- {r.dataset_name}: {r.metric_name} {_show(key, r.metric_value)}" + (f" ({note})" if note else ""))
+    for r, note in results:  # the headline figure of each evaluation, as a failure rate where it is one
+        if (r.metric_type, r.metric_config) == ("accuracy", None) and r.task_type == "multiple-choice":
+            measured.append(f"- {r.dataset_name}: wrong on {100 * (1 - r.metric_value):.1f}% of the questions "
+                            f"(accuracy {_show('accuracy', r.metric_value)}" + (f", {note})" if note else ")"))
+        elif (r.metric_type, r.metric_config) in (("perplexity", None), ("rouge", "rougeL")):
+            key = "perplexity" if r.metric_type == "perplexity" else "rougeL"
+            measured.append(f"- {r.dataset_name}: {r.metric_name} {_show(key, r.metric_value)}" + (f" ({note})" if note else ""))
     lines += measured or ["- None: no evaluation was recorded with this model, so its error rate is unknown."]
     samples = (((run[1] if run else {}) .get("eval") or {}).get("samples") or [])[:2]
     if samples:
@@ -409,8 +417,10 @@ def _recipe_section(a: ModelArtifact, secrets: list[str]) -> list[str]:
 
 
 def _files_section(a: ModelArtifact) -> list[str]:
-    lines = ["## Files", "", "- `medtune.json`: prompt format, generation defaults and lineage, read by medtune",
-             "- `medtune_push.json`: what `medtune push` published"]
+    lines = ["## Files", ""]
+    if (a.folder / MODEL_CARD).is_file():
+        lines.append("- `medtune.json`: prompt format, generation defaults and lineage, read by medtune")
+    lines.append("- `medtune_push.json`: what `medtune push` published")
     if a.run and a.folder.parent == a.run:
         lines.append("- `run/`: the training run's recipe, report (report.json, report.md) and loss curve")
     if a.evals:
