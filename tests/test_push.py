@@ -19,6 +19,7 @@ from medtune.cli import main
 from medtune.push import PushError, plan, push
 from medtune.push.clean import clean_text, clean_value
 from medtune.push.licenses import HUB_LICENSES, by_name, of_record, of_source
+from test_quantize import needs_llama_cpp, spm_llama  # noqa: F401  (a fixture: a tiny Llama llama.cpp converts)
 
 TOKEN = "hf_fakeTokenForMedtunePushTests0123456789ab"
 GHR = SHARED_DATA / "medquad" / "3_GHR_QA"
@@ -203,6 +204,22 @@ def test_merged_quantized_and_merge_cards(made, dry):
     merge_card = (dry["merge"] / "README.md").read_text()
     assert "- model `tiny-llama`: weight 1.0" in merge_card and "- model `tiny-llama-b`: weight 1.0" in merge_card
     assert json.loads((dry["merge"] / "merge_report.json").read_text())["models"][0]["path"] == "tiny-llama"
+
+
+@needs_llama_cpp
+def test_gguf_folder_with_its_modelfile(spm_llama, tmp_path):  # noqa: F811
+    from medtune.quantize import quantize
+
+    gguf = quantize(spm_llama, "gguf", tmp_path / "gguf", gguf_type="q8_0", eval_texts=["Gout is a form of arthritis."] * 4)
+    folder = Path(push(gguf, "ana/tiny-gguf", dry_run=tmp_path / "dry"))
+    assert (folder / "model-Q8_0.gguf").read_bytes() == (gguf / "model-Q8_0.gguf").read_bytes()
+    assert (folder / "Modelfile").read_text() == (gguf / "Modelfile").read_text() == \
+        'FROM ./model-Q8_0.gguf\nSYSTEM """You answer medical questions."""\n'
+    meta, card = metadata_load(folder / "README.md"), (folder / "README.md").read_text()
+    assert {"quantized", "gguf"} <= set(meta["tags"]) and "library_name" not in meta
+    assert "ollama create tiny-gguf -f ./models/tiny-gguf/Modelfile" in card and "- outtype: q8_0" in card
+    ratio = json.loads((gguf / "quantize_report.json").read_text())["comparison"]["size_ratio"]
+    assert f"({ratio:.2f}× smaller)" in card
 
 
 def test_nothing_local_or_secret_is_published(made, dry, tmp_path_factory):

@@ -327,8 +327,9 @@ def _quantization_section(a: ModelArtifact) -> list[str]:
     q = a.card.get("quantization")
     if not q:
         return []
-    lines = ["## Quantization", "", f"- method: `{q['method']}` ({q.get('bits')}-bit, {q.get('library')} "
-             f"{q.get('library_version') or ''}".rstrip() + ")"]
+    library, version = q.get("library") or "", q.get("library_version") or ""
+    lines = ["## Quantization", "", f"- method: `{q['method']}` ({q.get('bits')}-bit, "
+             f"{version if version.startswith(library) else f'{library} {version}'.strip()})"]
     lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in q.items()
               if k in ("group_size", "kept_in_int8", "dtype", "file", "outtype", "quant_type", "converter") and v]
     report = a.quantize or {}
