@@ -362,6 +362,23 @@ def test_private_push_to_an_existing_public_repo_is_refused(made, hub_online, mo
     assert "upload_folder" not in [c[0] for c in calls]
 
 
+def test_hub_refusals_are_one_line(made, hub_online, monkeypatch, capsys):
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    def refuse(self, repo_id, **kw):
+        response = httpx2.Response(403, request=httpx2.Request("POST", "https://127.0.0.1/api/repos/create"))
+        raise HfHubHTTPError("403 Forbidden: you have no write access to ana", response=response)
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    with pytest.raises(SystemExit) as exit_:
+        main(["push", str(made["merged"]), "--repo", "ana/tiny-merged"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--repo ana/tiny-merged: the Hub did not take the upload: 403 Forbidden" in err
+    assert "Traceback" not in err and TOKEN not in err
+    assert not list(made["merged"].parent.glob(".push-*"))
+
+
 def test_bad_input_is_named(made, dry, tiny_llama, tmp_path, capsys):
     for argv, expected in [
         ([str(made["run"]), "--repo", "tiny"], "--repo 'tiny': not a repository id OWNER/NAME"),

@@ -16,13 +16,13 @@ import re
 from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
-from huggingface_hub.errors import HFValidationError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from medtune.logs import log
 from medtune.models import hub_reachable
 from medtune.push.artifacts import DatasetArtifact, PushError, model_files, recognise
-from medtune.push.clean import secret_values
+from medtune.push.clean import clean_text, secret_values
 from medtune.push.dataset_card import dataset_card, dataset_files
 from medtune.push.model_card import model_card
 from medtune.push.upload import Upload, dry_run_upload, staged, write_dry_run
@@ -30,6 +30,9 @@ from medtune.push.upload import Upload, dry_run_upload, staged, write_dry_run
 __all__ = ["PushError", "plan", "push"]
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+# What the Hub client raises when the Hub refuses a call or the connection fails: HfHubHTTPError's bases, its HTTP
+# library's HTTPError (transport failures too) and OSError.
+HUB_ERRORS = HfHubHTTPError.__bases__
 
 
 def check_repo(repo: str) -> str:
@@ -76,14 +79,19 @@ def push(path: str | Path, repo: str, *, private: bool = False, revision: str | 
         raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
     api = HfApi(token=token)
     with staged(upload) as folder:
-        url = api.create_repo(upload.repo, repo_type=upload.repo_type, private=private, exist_ok=True)
-        if private and not api.repo_info(upload.repo, repo_type=upload.repo_type).private:
-            raise PushError(f"--private: {upload.repo} already exists and is public, and pushing does not change that; "
-                            "make it private on the Hub first, or choose another --repo")
-        if revision and revision != "main":
-            api.create_branch(upload.repo, branch=revision, repo_type=upload.repo_type, exist_ok=True)
-        log.info("push: uploading %s (%s) to %s%s", upload.source, upload.kind, upload.repo, f" @ {revision}" if revision else "")
-        api.upload_folder(repo_id=upload.repo, folder_path=folder, repo_type=upload.repo_type, revision=revision,
-                          commit_message=upload.message)
+        try:
+            url = api.create_repo(upload.repo, repo_type=upload.repo_type, private=private, exist_ok=True)
+            if private and not api.repo_info(upload.repo, repo_type=upload.repo_type).private:
+                raise PushError(f"--private: {upload.repo} already exists and is public, and pushing does not change "
+                                "that; make it private on the Hub first, or choose another --repo")
+            if revision and revision != "main":
+                api.create_branch(upload.repo, branch=revision, repo_type=upload.repo_type, exist_ok=True)
+            log.info("push: uploading %s (%s) to %s%s", upload.source, upload.kind, upload.repo,
+                     f" @ {revision}" if revision else "")
+            api.upload_folder(repo_id=upload.repo, folder_path=folder, repo_type=upload.repo_type, revision=revision,
+                              commit_message=upload.message)
+        except HUB_ERRORS as err:  # refused (401, 403, 404), or the connection failed
+            raise PushError(f"--repo {upload.repo}: the Hub did not take the upload: "
+                            f"{clean_text(str(err), upload.secrets)}") from None
     log.info("push: published %s", url)
     return str(url)
