@@ -172,7 +172,7 @@ def test_evaluation_results_are_model_index_entries(made, dry):
     assert (r.task_type, r.dataset_config, r.dataset_split) == ("multiple-choice", "en", "test")
     assert "first 10 items" in r.dataset_name
     low, high = m["accuracy"]["ci95"]
-    assert f"95% interval {100 * low:.1f}% – {100 * high:.1f}% (bootstrap)" in (folder / "README.md").read_text()
+    assert f"95% bootstrap interval {100 * low:.1f}% – {100 * high:.1f}%" in (folder / "README.md").read_text()
     assert set(_tree(made["eval"])) == {k.removeprefix("eval/eval/") for k in _tree(folder) if k.startswith("eval/eval/")}
     assert {k for k in _tree(folder) if not k.startswith("eval/")} == set(_tree(dry["run"]))  # the model with it
     # --eval attaches the same folder to the model given as PATH; another model's evaluation is refused.
@@ -398,6 +398,8 @@ def test_bad_input_is_named(made, dry, tiny_llama, tmp_path, capsys):
     with pytest.raises(PushError, match="did not write"):
         push(made["merged"], "ana/tiny-merged", dry_run=theirs)
     assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+    with pytest.raises(PushError, match="inside"):
+        push(made["merged"], "ana/tiny-merged", dry_run=made["merged"] / "dry")
     again = push(made["merged"], "ana/tiny-merged", dry_run=dry["merged"])  # its own dry run is replaced
     assert _tree(Path(again)) == _tree(dry["merged"])
 

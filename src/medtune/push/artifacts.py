@@ -130,8 +130,14 @@ def _origin_run(card: dict) -> Path | None:
 
 
 def _is_eval(path: Path) -> bool:
+    """A `medtune eval` folder: a report.json with tasks (a run's report has a recipe.yaml beside it)."""
     report = path / "report.json"
-    return report.is_file() and not (path / "recipe.yaml").exists() and '"tasks"' in report.read_text(encoding="utf-8")
+    if not report.is_file() or (path / "recipe.yaml").exists():
+        return False
+    try:
+        return "tasks" in json.loads(report.read_text(encoding="utf-8"))
+    except ValueError:
+        return False
 
 
 def _eval_report(path: Path) -> dict:
@@ -147,11 +153,15 @@ def _eval_of(path: Path, model: ModelArtifact) -> dict:
         raise PushError(f"--eval {path}: not a `medtune eval` folder (no report.json with tasks)")
     report = _eval_report(path)
     evaluated = Path(report["model"])
-    same = evaluated.exists() and {evaluated.resolve(), read_card(evaluated)[0].resolve()} & {model.path.resolve(), model.folder.resolve()}
-    if not same:
+    if not (evaluated.is_dir() and _model_folder(evaluated) == _model_folder(model.path)):
         raise PushError(f"--eval {path}: it evaluated {report['model']!r}, not {model.path} "
                         "(or that model is not reachable from this working directory)")
     return report
+
+
+def _model_folder(path: Path) -> Path:
+    """The folder holding a run's or a model folder's weights, resolved: one model named two ways compares equal."""
+    return (read_card(path)[0] or path).resolve()
 
 
 def _dataset(path: Path) -> DatasetArtifact:

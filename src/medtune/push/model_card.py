@@ -179,6 +179,12 @@ def _base_section(lin: Lineage, licenses: list[str], license_id: str) -> list[st
 
 def _use_section(a: ModelArtifact, lin: Lineage, repo: str) -> list[str]:
     name = repo.split("/")[1]
+    if lin.model_kind in ("embedding", "reranker"):  # a retrieval model: it ranks passages, it does not answer
+        use = (f"medtune index build MEDQUAD_DIR --out indexes/medquad --embedder ./models/{name}"
+               if lin.model_kind == "embedding" else
+               f'medtune ask "What causes gout?" --index indexes/medquad --reranker ./models/{name}')
+        return ["## How to use", "", "```bash", f"hf download {repo} --local-dir ./models/{name}", use, "```", "",
+                "It loads with sentence-transformers too (`SentenceTransformer` / `CrossEncoder`).", ""]
     lines = ["## How to use", "", "With medtune, which applies the prompt format and system message this model was "
              "trained with (`medtune.json`):", "", "```bash",
              f"hf download {repo} --local-dir ./models/{name}",
@@ -298,7 +304,7 @@ def _suite_results(folder: str, report: dict) -> list[tuple[EvalResult, str]]:
                                 dataset_config=lang, dataset_split=split, metric_type=mtype, metric_config=config,
                                 metric_name=f"{pretty} ({shots}-shot)" if t.get("kind") == "choice" else pretty,
                                 metric_value=value)
-            text = f"95% interval {_show(key, ci[0])} – {_show(key, ci[1])} (bootstrap)" if ci else ""
+            text = f"95% bootstrap interval {_show(key, ci[0])} – {_show(key, ci[1])}" if ci else ""
             out.append((result, text))
     return out
 
@@ -308,7 +314,9 @@ def _finite(value) -> bool:
 
 
 def _show(key: str, value: float) -> str:
-    return f"{100 * value:.1f}%" if key in PERCENT else f"{value:.4g}"
+    if key in PERCENT:
+        return f"{100 * value:.1f}%"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4g}"
 
 
 def _results_section(results: list[tuple[EvalResult, str]]) -> list[str]:

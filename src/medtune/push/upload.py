@@ -97,6 +97,8 @@ def validate_card(readme: Path, repo_type: str) -> dict:
 def write_dry_run(upload: Upload, target: Path) -> Path:
     """The upload as the folder `target`, built beside it and renamed into place; a folder that medtune's push
     did not write there (no medtune_push.json) is refused."""
+    if upload.source.is_dir() and target.resolve().is_relative_to(upload.source.resolve()):
+        raise PushError(f"--dry-run {target}: inside {upload.source}, which it would then publish too; choose a folder outside it")
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / MANIFEST).is_file())):
         raise PushError(f"--dry-run {target}: already holds files that `medtune push` did not write (no {MANIFEST}); "
                         "choose a new or empty folder")
