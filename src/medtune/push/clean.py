@@ -85,38 +85,46 @@ def clean_value(value: Any, secrets: list[str], key: str = "", by_key: bool = Tr
     return REMOVED if by_key and value and _is_secret_key(key) else clean_text(value, secrets)
 
 
-def clean_json(text: str, secrets: list[str], by_key: bool = True) -> str:
-    return json.dumps(clean_value(json.loads(text), secrets, by_key=by_key), indent=2, ensure_ascii=False) + "\n"
-
-
 def clean_yaml(text: str, secrets: list[str]) -> str:
     import yaml
 
-    return yaml.safe_dump(clean_value(yaml.safe_load(text), secrets), sort_keys=False, allow_unicode=True)
+    value = yaml.safe_load(text)
+    cleaned = clean_value(value, secrets)
+    return text if cleaned == value else yaml.safe_dump(cleaned, sort_keys=False, allow_unicode=True)
 
 
 def clean_file(src: Path, dst: Path, secrets: list[str]) -> None:
-    """A cleaned copy of a text file (never the source itself)."""
+    """A cleaned copy of a text file (never the source itself); a JSON or YAML file with nothing to clean keeps
+    its bytes."""
     text = src.read_text(encoding="utf-8")
     suffix = src.suffix.lower()
     if suffix == ".json":
-        text = clean_json(text, secrets, by_key=src.name not in LIBRARY_FILES)
+        value = json.loads(text)
+        cleaned = clean_value(value, secrets, by_key=src.name not in LIBRARY_FILES)
+        text = text if cleaned == value else json.dumps(cleaned, indent=2, ensure_ascii=False) + "\n"
     elif suffix in (".yaml", ".yml"):
         text = clean_yaml(text, secrets)
     elif suffix == ".jsonl":
-        text = "".join(json.dumps(clean_value(json.loads(line), secrets), ensure_ascii=False) + "\n"
-                       for line in text.splitlines() if line.strip())
+        text = "".join(_clean_line(line, lambda row: clean_value(row, secrets)) for line in text.splitlines() if line.strip())
     else:
         text = clean_text(text, secrets)
     dst.write_text(text, encoding="utf-8")
 
 
+def _clean_line(line: str, clean) -> str:
+    value = json.loads(line)
+    cleaned = clean(value)
+    return (line if cleaned == value else json.dumps(cleaned, ensure_ascii=False)) + "\n"
+
+
 def clean_records(src: Path, dst: Path, secrets: list[str]) -> None:
     """A cleaned copy of a JSONL file of records: the record's own fields (question, answer, context...) are
     data and stay as they are; the fields medtune added (`mt_model`, which can be a local path) are cleaned."""
-    rows = (json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip())
-    dst.write_text("".join(json.dumps({k: v if k in QA_COLUMNS else clean_value(v, secrets, k) for k, v in row.items()},
-                                      ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    def clean(row: dict) -> dict:
+        return {k: v if k in QA_COLUMNS else clean_value(v, secrets, k) for k, v in row.items()}
+
+    lines = src.read_text(encoding="utf-8").splitlines()
+    dst.write_text("".join(_clean_line(line, clean) for line in lines if line.strip()), encoding="utf-8")
 
 
 def is_text(path: Path) -> bool:
