@@ -416,6 +416,24 @@ def test_cleaning_keeps_text_and_removes_what_is_local():
                                                            "wandbApiKey": "<removed>", "max_tokens": 5, "train_tokens": 9, "path": "b.json"}
 
 
+def test_the_final_scan_reads_binaries(tmp_path):
+    """A secret or local path in a weights header or a torch pickle refuses the upload, as one in text does."""
+    import torch
+    from safetensors.torch import save_file
+
+    from medtune.push.clean import leaks
+
+    run = tmp_path / "runs" / "x"
+    save_file({"w": torch.zeros(2)}, tmp_path / "model.safetensors", metadata={"source": str(run / "model")})
+    torch.save({"hub_token": TOKEN}, tmp_path / "training_args.bin")
+    (tmp_path / "notes.md").write_text("trained in /home/ana/runs/x\n")
+    (tmp_path / "clean.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes().replace(str(run).encode(), b"x" * len(str(run))))
+    found = leaks(tmp_path, [TOKEN], [tmp_path / "runs"])
+    assert found == [f"model.safetensors: holds the local path {str(tmp_path / 'runs')!r}",
+                     "notes.md: line 1 holds the local path '/home/ana/runs/x'",
+                     "training_args.bin: holds a token or secret"]
+
+
 def test_license_table():
     assert all(d.license in HUB_LICENSES for d in [by_name("medquad"), by_name("head_qa"), by_name("chatdoctor")])
     assert of_source("medquad", "../shared/data/medquad").license == "cc-by-4.0"

@@ -156,7 +156,8 @@ def _leaks_in(path: Path, secrets: list[str], local: list[str]) -> Iterator[str]
     for chunk in _binary_strings(path):
         for p in patterns:
             if p in chunk:
-                yield "holds a token or secret" if p.decode() in secrets else f"holds the local path {p.decode()!r}"
+                what = p.decode()
+                yield "holds a token or secret" if what in secrets else f"holds the local path {what.rstrip('/')!r}"
                 return
 
 

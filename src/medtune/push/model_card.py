@@ -165,15 +165,17 @@ def _base_section(lin: Lineage, licenses: list[str], license_id: str) -> list[st
     for ref, lic in zip(lin.bases, licenses):
         where = f"[`{ref}`](https://huggingface.co/{ref})" if is_hub_id(ref) else \
             f"**not a Hub model**: the local folder `{Path(ref).name}` on the machine that made this model"
-        lines.append(f"- Base model: {where}; its license: " + ("**unknown** (no card stating one was found)" if lic == "unknown" else f"`{lic}`"))
+        known = "**unknown** (no card stating one was found)" if lic == "unknown" else f"`{lic}`"
+        lines.append(f"- Base model: {where}; its license: {known}")
     if license_id == "unknown":
         lines.append("- License of these weights: **unknown**. medtune could not determine the base model's license; "
                      "do not assume these weights may be used or redistributed until you have checked it.")
     elif license_id == "other":
-        lines.append(f"- License of these weights: `other` — the models it derives from carry {', '.join(sorted(set(licenses)))}; "
-                     "each applies to its part.")
+        lines.append(f"- License of these weights: `other` — the models it derives from carry "
+                     f"{', '.join(sorted(set(licenses)))}; each applies to its part.")
     else:
-        lines.append(f"- License of these weights: `{license_id}`, the base model's. The training data's terms (below) apply to the data.")
+        lines.append(f"- License of these weights: `{license_id}`, the base model's. The training data's terms "
+                     "(below) apply to the data.")
     return [*lines, ""]
 
 
@@ -231,17 +233,18 @@ def _data_section(data: list[tuple[RunSource, DataLicense]], sources: list[RunSo
 def _training_section(a: ModelArtifact, run: tuple | None) -> list[str]:
     if not run:
         return []
-    recipe, report, _ = run
+    report = run[1]
     train = report.get("train") or {}
-    losses = [e["loss"] for e in train.get("log_history") or [] if isinstance(e.get("loss"), int | float)]
+    losses = [e["loss"] for e in train.get("log_history") or [] if _finite(e.get("loss"))]
+    align = train.get("align")
     rows = [
-        ("method", f"{train.get('method', '?')}" + (f" + {train['align']['method']} (beta {train['align'].get('beta')})" if train.get("align") else "")),
+        ("method", f"{train.get('method', 'not recorded')}" + (f" + {align['method']} (beta {align.get('beta')})" if align else "")),
         ("steps", train.get("global_step")),
-        ("training tokens", f"{train['train_tokens']:,}" if isinstance(train.get("train_tokens"), int) else None),
+        ("training tokens", _number(train.get("train_tokens"), "{:,}")),
         ("final logged loss", f"{losses[-1]:.4f}" if losses else None),
-        ("mean training loss", f"{train['train_loss']:.4f}" if isinstance(train.get("train_loss"), float) else None),
-        ("training time", f"{train['runtime_s']:.0f} s" if isinstance(train.get("runtime_s"), int | float) else None),
-        ("throughput", f"{train['train_tokens_per_s']:,.0f} tokens/s" if isinstance(train.get("train_tokens_per_s"), int | float) else None),
+        ("mean training loss", _number(train.get("train_loss"), "{:.4f}")),
+        ("training time", _number(train.get("runtime_s"), "{:.0f} s")),
+        ("throughput", _number(train.get("train_tokens_per_s"), "{:,.0f} tokens/s")),
     ]
     lines = ["## Training", "", *(f"- {k}: {v}" for k, v in rows if v is not None)]
     sizes = (report.get("data") or {}).get("sizes")
@@ -309,6 +312,10 @@ def _suite_results(folder: str, report: dict) -> list[tuple[EvalResult, str]]:
     return out
 
 
+def _number(value, fmt: str) -> str | None:
+    return fmt.format(value) if _finite(value) else None
+
+
 def _finite(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -343,8 +350,8 @@ def _quantization_section(a: ModelArtifact) -> list[str]:
     report = a.quantize or {}
     src, out, cmp = report.get("source") or {}, report.get("quantized") or {}, report.get("comparison") or {}
     if cmp:
-        lines.append(f"- weight files: {src.get('weight_file_bytes', 0) / 1e6:,.1f} MB → {out.get('weight_file_bytes', 0) / 1e6:,.1f} MB "
-                     f"({cmp['size_ratio']:.2f}× smaller)")
+        before, after = src.get("weight_file_bytes", 0) / 1e6, out.get("weight_file_bytes", 0) / 1e6
+        lines.append(f"- weight files: {before:,.1f} MB → {after:,.1f} MB ({cmp['size_ratio']:.2f}× smaller)")
     if "perplexity_change_pct" in cmp:
         lines.append(f"- held-out perplexity ({src.get('texts')} texts, {src.get('tokens'):,} tokens): {src['perplexity']:.3f} → "
                      f"{out['perplexity']:.3f} ({cmp['perplexity_change_pct']:+.2f}%)")
@@ -366,7 +373,8 @@ def _merge_section(a: ModelArtifact) -> list[str]:
             lines.append(f"- model `{_ref(s['model'])}`: weight {s.get('weight')}{extra}")
         if m.get("t") is not None:
             lines.append(f"- t: {m['t']}")
-        lines.append(f"- {m.get('merged_tensors')} tensors merged, {len(m.get('copied_tensors') or [])} copied, in {m.get('seconds')} s")
+        copied = len(m.get("copied_tensors") or [])
+        lines.append(f"- {m.get('merged_tensors')} tensors merged, {copied} copied, in {m.get('seconds')} s")
         return [*lines, ""]
     if a.card.get("merged_from"):
         return ["## Merge", "", f"A LoRA adapter (`{Path(a.card['merged_from']).parent.name}`) folded into a "
