@@ -281,6 +281,14 @@ def test_refuses_data_that_may_not_be_redistributed(tmp_path, capsys):
     assert exit_.value.code == 2 and "Traceback" not in err
     assert "refusing to publish" in err and "1 rows from MedQuAD answers from MedlinePlus" in err and "may not be redistributed" in err
     assert not (tmp_path / "dry").exists()
+    # A synthetic set whose every generation was malformed holds nothing to publish.
+    from medtune.data.synth import synthesize
+
+    synthesize(SHARED_DATA / "es_clinical_text" / "cares_es.jsonl", tmp_path / "none.jsonl", language="es", max_passages=1,
+               generate=lambda prompts: ["no pairs here"] * len(prompts), model="canned-malformed", cache_dir=tmp_path / "c",
+               progress=False)
+    with pytest.raises(PushError, match="holds no records; nothing to publish .*'malformed': 1"):
+        plan(tmp_path / "none.jsonl", "ana/none")
     # The same collection's question without its answer is MedQuAD's own (CC BY 4.0).
     assert of_record("ADAM", None).license == "cc-by-4.0" and of_record("ADAM", "text").redistributable is False
 
