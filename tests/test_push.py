@@ -146,6 +146,8 @@ def test_adapter_run_card(made, dry):
     assert not {"training_args.bin", "predictions.jsonl"} & {p.name for p in folder.rglob("*")}
     assert "not medical advice" in card.text and "No safety or red-team evaluation" in card.text
     assert "project: <removed>" in card.text and "path: medquad" in card.text  # the recipe, cleaned
+    # The run's adapter/ named directly is the same push.
+    assert plan(made["run"] / "adapter", "ana/tiny-medquad-lora").card == (folder / "README.md").read_text()
 
 
 def test_hub_base_gets_base_model_and_its_license(made, tmp_path):

@@ -56,7 +56,7 @@ def plan(path: str | Path, repo: str, evals: list[str | Path] = ()) -> Upload:
         files = dataset_files(artifact)
         return Upload(repo, "dataset", artifact.kind, path, files, dataset_card(artifact, repo), secrets,
                       data={n for n, p in files.items() if p == artifact.data})
-    kind = "run/" + artifact.kind if artifact.run and artifact.folder.parent == artifact.run else artifact.kind
+    kind = "run/" + artifact.kind if artifact.is_run else artifact.kind
     return Upload(repo, "model", kind, path, model_files(artifact), model_card(artifact, repo, secrets), secrets)
 
 

@@ -49,6 +49,11 @@ class ModelArtifact:
     evals: list[tuple[Path, dict]] = field(default_factory=list)  # `medtune eval` folders and their reports
 
     @property
+    def is_run(self) -> bool:
+        """The model is a run's own model/ or adapter/: the run's record and held-out results go with it."""
+        return self.run is not None and self.folder.resolve().parent == self.run.resolve()
+
+    @property
     def kind(self) -> str:
         if self.quantize or "quantization" in self.card:
             return "quantized"
@@ -115,13 +120,14 @@ def _model(path: Path) -> ModelArtifact:
             raise PushError(f"{path}: a run directory without {' and '.join(missing)}; was it copied in part?")
         return ModelArtifact(path, folder, card, run=path)
     quantize = _json(path / f"{QUANTIZE_REPORT}.json") if (path / f"{QUANTIZE_REPORT}.json").is_file() else None
-    return ModelArtifact(path, folder, card, run=_origin_run(card), quantize=quantize)
+    return ModelArtifact(path, folder, card, run=_origin_run(path, card), quantize=quantize)
 
 
-def _origin_run(card: dict) -> Path | None:
-    """The run a merged or quantized model was made from, when its folder is still here: medtune.json
-    records the adapter folder it was merged from (absolute), whose parent is the run."""
-    for ref in (card.get("merged_from"), card.get("quantization", {}).get("source_model")):
+def _origin_run(path: Path, card: dict) -> Path | None:
+    """The run a model was made from, when its folder is still here: a run's own model/ or adapter/ named
+    directly, or the adapter folder a merged or quantized model's medtune.json says it was merged from."""
+    own = str(path.resolve()) if path.name in ("model", "adapter") else None
+    for ref in (own, card.get("merged_from"), card.get("quantization", {}).get("source_model")):
         if ref:
             run = Path(ref).parent
             if (run / "recipe.yaml").is_file() and (run / "report.json").is_file():
@@ -232,7 +238,7 @@ def model_files(artifact: ModelArtifact) -> dict[str, Path]:
     run's record under run/, each evaluation under eval/NAME/."""
     files = {p.relative_to(artifact.folder).as_posix(): p for p in _files(artifact.folder)
              if p.name not in NOT_PUBLISHED}
-    if artifact.run and artifact.folder.parent == artifact.run:
+    if artifact.is_run:
         files |= {f"run/{name}": artifact.run / name for name in RUN_FILES if (artifact.run / name).is_file()}
     for folder, _ in artifact.evals:
         files |= {f"eval/{folder.name}/{p.relative_to(folder).as_posix()}": p for p in _files(folder)}

@@ -87,7 +87,7 @@ def model_card(a: ModelArtifact, repo: str, secrets: list[str]) -> str:
     data = [(s, of_source(s.loader, s.path)) for s in sources]
     licenses = [model_license(b) for b in lin.bases] or ["unknown"]
     license_id = combined(licenses)
-    results = _run_results(run[1], data) if run and a.folder.parent == a.run else []
+    results = _run_results(run[1], data) if a.is_run else []
     for folder, report in a.evals:
         results += _suite_results(folder.name, report)
     hub_bases = [b for b in lin.bases if is_hub_id(b)]
@@ -250,7 +250,7 @@ def _training_section(a: ModelArtifact, run: tuple | None) -> list[str]:
     sizes = (report.get("data") or {}).get("sizes")
     if sizes:
         lines.append(f"- examples per split: {', '.join(f'{k} {v:,}' for k, v in sizes.items())}")
-    if a.folder.parent == a.run and (a.run / "loss_curve.png").is_file():
+    if a.is_run and (a.run / "loss_curve.png").is_file():
         lines += ["", "![loss curve](run/loss_curve.png)"]
     return [*lines, ""]
 
@@ -438,7 +438,7 @@ def _files_section(a: ModelArtifact) -> list[str]:
     if (a.folder / MODEL_CARD).is_file():
         lines.append("- `medtune.json`: prompt format, generation defaults and lineage, read by medtune")
     lines.append("- `medtune_push.json`: what `medtune push` published")
-    if a.run and a.folder.parent == a.run:
+    if a.is_run:
         lines.append("- `run/`: the training run's recipe, report (report.json, report.md) and loss curve")
     if a.evals:
         lines.append("- `eval/`: the `medtune eval` reports (report.json, report.md, charts, per-item results)")
