@@ -1,4 +1,4 @@
-"""The code's shape: stages import only earlier ones (data -> train -> align -> merge/quantize -> engines -> eval -> rag/serve),
+"""The code's shape: stages import only earlier ones (data -> train -> align -> merge/quantize -> engines -> eval -> rag/serve -> push),
 and generation does not drag in the later stages."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "medtune"
-ORDER = ["base", "models", "data", "train", "align", "merge", "quantize", "engines", "eval", "rag", "serve", "top"]
+ORDER = ["base", "models", "data", "train", "align", "merge", "quantize", "engines", "eval", "rag", "serve", "push", "top"]
 BASE = {"io", "recipe", "records", "prompts", "logs", "sentences"}  # schemas and helpers every stage uses
 TOP = {"pipeline", "cli", "quickstart", "testing"}  # wire the stages together
 

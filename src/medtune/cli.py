@@ -199,6 +199,12 @@ def _eval_retrieval(args) -> None:
     print(out)
 
 
+def _push(args) -> None:
+    from medtune.push import push
+
+    print(push(args.path, args.repo, private=args.private, revision=args.revision, dry_run=args.dry_run, evals=args.eval))
+
+
 def _serve(args) -> None:
     from medtune.serve import serve_from_args
 
@@ -416,6 +422,20 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--cache-dir", type=Path, help="generation cache (default: ~/.cache/medtune/generations)")
     sy.set_defaults(func=_synth)
 
+    pu = sub.add_parser("push", help="publish a run, merge, quantized folder, evaluation or translated/synthetic dataset "
+                        "to the Hugging Face Hub with a generated card; prints the repository URL")
+    pu.add_argument("path", help="what medtune wrote: a run directory, a model folder (merge-adapter, merge, quantize), "
+                    "an eval folder, a translate/synth JSONL file, or a folder written by --dry-run")
+    pu.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the repository to create or update (model, or "
+                    "dataset for a JSONL file); the token comes from HF_TOKEN or `hf auth login`")
+    pu.add_argument("--private", action="store_true", help="create the repository private")
+    pu.add_argument("--revision", metavar="BRANCH", help="push to this branch (created when missing) instead of main")
+    pu.add_argument("--eval", action="append", default=[], metavar="EVAL_DIR",
+                    help="also publish this `medtune eval` folder of the model under eval/, its results in the card (repeatable)")
+    pu.add_argument("--dry-run", type=Path, metavar="DIR",
+                    help="write exactly what would be uploaded (files and README.md card) into DIR instead; no network")
+    pu.set_defaults(func=_push)
+
     d = sub.add_parser("data", help="inspect datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     st = dsub.add_parser("stats", help="counts per collection, question type and split, as JSON")
@@ -437,9 +457,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from medtune.rag.index import IndexMismatch
     from medtune.recipe import RecipeError
     from medtune.engines.managed import EngineSetupError
+    from medtune.push import PushError
 
     return (RecipeError, DataError, ModelNotAvailable, TaskError, IndexMismatch, MergeError, QuantizeError, OutputInUse,
-            EngineSetupError)
+            EngineSetupError, PushError)
 
 
 def main(argv: list[str] | None = None) -> None:
