@@ -1,9 +1,11 @@
 """A cross-encoder re-ranker at query time: `predict(pairs) -> scores` for (question, passage) pairs.
 
-Like the embedder, it runs as an int8 ONNX export by default (backend "onnx-int8"; "onnx" for float32,
-"torch" for sentence-transformers' CrossEncoder itself): the top 20 of a query are scored in one
-batch on the CPU. Scores are the model's relevance probability (a sigmoid over its single logit, as
-CrossEncoder.predict gives them).
+It runs as an ONNX export in float32 by default (backend "onnx": the same scores as sentence-transformers'
+CrossEncoder, backend "torch"), the top 20 of a query in one batch on the CPU. "onnx-int8", as the
+embedder uses, is about twice as fast but not the default: a re-ranker separates close candidates, and
+int8 weights changed its first pick on about a third of the queries (benchmarks/reranker_latency.py).
+Scores are the model's relevance probability (a sigmoid over its single logit, as CrossEncoder.predict
+gives them).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from medtune.rag.embedder import BACKENDS, is_bi_encoder, onnx_session, resolve_
 
 
 class Reranker:
-    def __init__(self, ref: str, backend: str = "onnx-int8"):
+    def __init__(self, ref: str, backend: str = "onnx"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown re-ranking backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         from sentence_transformers import CrossEncoder
@@ -57,7 +59,7 @@ class Reranker:
         return out
 
 
-def load_reranker(ref, backend: str = "onnx-int8"):
+def load_reranker(ref, backend: str = "onnx"):
     """A Reranker for a run directory of `train.objective: reranker`, a CrossEncoder folder or hub id; an object
     that already scores pairs (a Reranker, a test's stand-in) is kept."""
     return Reranker(str(ref), backend) if isinstance(ref, (str, os.PathLike)) else ref
