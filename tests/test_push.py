@@ -362,7 +362,32 @@ def test_push_uploads_what_the_dry_run_shows(made, dry, hub_online, monkeypatch)
 
     calls.clear()
     push(dry["synthetic"], "ana/cares-qa-es")  # a dry-run folder goes up as it is
-    assert calls[-1][2]["folder_path"] == dry["synthetic"] and calls[-1][2]["repo_type"] == "dataset"
+    assert calls[-1][2]["tree"] == _tree(dry["synthetic"]) and calls[-1][2]["repo_type"] == "dataset"
+    assert calls[-1][2]["commit_message"] == "medtune push: synthetic cares-qa.jsonl"
+
+
+def test_a_dry_run_folder_publishes_only_what_its_manifest_lists(made, dry, hub_online, monkeypatch, tmp_path):
+    """Files added to a dry-run folder afterwards (hidden ones too) are refused, and a listed file edited to
+    hold a secret is caught by the same cleaning as any push; nothing reaches the Hub."""
+    calls = _fake_hub(monkeypatch)
+    folder = shutil.copytree(dry["merged"], tmp_path / "merged")
+    (folder / ".env").write_text("OPENAI_API_KEY=sk-proj-abcdefghijklmnop\n")
+    (folder / "extra.json").write_text('{"api_key": "sk-proj-abcdefghijklmnop"}')
+    with pytest.raises(PushError, match=r"does not list: \.env, extra\.json"):
+        push(folder, "ana/tiny-merged")
+    (folder / ".env").unlink()
+    (folder / "extra.json").unlink()
+    (folder / "config.json").unlink()
+    with pytest.raises(PushError, match="missing files .*: config.json"):
+        push(folder, "ana/tiny-merged")
+    shutil.copy(dry["merged"] / "config.json", folder / "config.json")
+    (folder / "medtune.json").write_text('{"api_key": "sk-proj-abcdefghijklmnop"}')
+    with pytest.raises(PushError, match="changed since .*cleaning would rewrite medtune.json"):
+        push(folder, "ana/tiny-merged")
+    assert not calls and not list(tmp_path.glob(".push-*"))
+    # Previewed again with --dry-run: the same folder.
+    again = push(dry["merged"], "ana/tiny-merged", dry_run=tmp_path / "again")
+    assert _tree(Path(again)) == _tree(dry["merged"])
 
 
 def test_private_push_to_an_existing_public_repo_is_refused(made, hub_online, monkeypatch):

@@ -109,7 +109,7 @@ def recognise(path: Path, evals: list[Path] = ()) -> ModelArtifact | DatasetArti
 
 def _model(path: Path) -> ModelArtifact:
     if (path / MERGE_REPORT).is_file():
-        return ModelArtifact(path, path, read_card(path)[1], merge=_json(path / MERGE_REPORT))
+        return ModelArtifact(path, path, read_card(path)[1], merge=read_json(path / MERGE_REPORT))
     folder, card = read_card(path)
     if not card:
         raise PushError(f"{path}: not something medtune wrote: no {MODEL_CARD} (model), {MERGE_REPORT} (merge), "
@@ -119,7 +119,7 @@ def _model(path: Path) -> ModelArtifact:
         if missing:
             raise PushError(f"{path}: a run directory without {' and '.join(missing)}; was it copied in part?")
         return ModelArtifact(path, folder, card, run=path)
-    quantize = _json(path / f"{QUANTIZE_REPORT}.json") if (path / f"{QUANTIZE_REPORT}.json").is_file() else None
+    quantize = read_json(path / f"{QUANTIZE_REPORT}.json") if (path / f"{QUANTIZE_REPORT}.json").is_file() else None
     return ModelArtifact(path, folder, card, run=_origin_run(path, card), quantize=quantize)
 
 
@@ -191,17 +191,17 @@ def _dataset(path: Path) -> DatasetArtifact:
             rows.append(row)
     prov = provenance_path(path)
     if not rows:
-        dropped = f" (its provenance counts what was dropped: {_json(prov).get('counts')})" if prov.is_file() else ""
+        dropped = f" (its provenance counts what was dropped: {read_json(prov).get('counts')})" if prov.is_file() else ""
         raise PushError(f"{path}: holds no records; nothing to publish{dropped}")
     if prov.is_file():
-        return DatasetArtifact(path, rows, _json(prov), prov)
+        return DatasetArtifact(path, rows, read_json(prov), prov)
     if all(r.get("machine_translated") is True for r in rows):
         return DatasetArtifact(path, rows, None, None)
     raise PushError(f"{path}: not written by `medtune translate` (rows without machine_translated: true) or "
                     f"`medtune synth` (no {prov.name} beside it)")
 
 
-def _json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -223,7 +223,7 @@ class RunSource:
 def run_record(run: Path) -> tuple[dict, dict, list[RunSource]]:
     """A run's recipe (as a mapping), its report and its data sources."""
     recipe = read_yaml_mapping(run / "recipe.yaml", "recipe", PushError)
-    report = _json(run / "report.json")
+    report = read_json(run / "report.json")
     try:
         sources = [SourceConfig(**s) for s in recipe.get("data", {}).get("sources", [])]
     except (TypeError, ValueError) as err:
