@@ -476,3 +476,16 @@ def test_license_table():
     assert of_source("chatdoctor", "data/HealthCareMagic-100k.json").license == "unknown"
     assert of_source("text", "../shared/data/es_clinical_text/meddocan_es.jsonl").name.startswith("MEDDOCAN")
     assert of_source("jsonl", "mine.jsonl").license == "unknown"
+
+
+def test_symbolic_links_out_of_the_artifact_are_refused(made, tmp_path):
+    folder = shutil.copytree(made["merged"], tmp_path / "merged")
+    outside = tmp_path / "home" / "id_rsa"
+    outside.parent.mkdir()
+    outside.write_text("PRIVATE KEY")
+    (folder / "notes.txt").symlink_to(outside)
+    with pytest.raises(PushError, match=r"symbolic links out of it.*notes.txt -> .*id_rsa"):
+        plan(folder, "ana/tiny-merged")
+    (folder / "notes.txt").unlink()
+    (folder / "config-copy.json").symlink_to(folder / "config.json")  # a link inside the folder is its own file
+    assert "config-copy.json" in plan(folder, "ana/tiny-merged").files

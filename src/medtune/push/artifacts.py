@@ -239,7 +239,8 @@ def model_files(artifact: ModelArtifact) -> dict[str, Path]:
     files = {p.relative_to(artifact.folder).as_posix(): p for p in _files(artifact.folder)
              if p.name not in NOT_PUBLISHED}
     if artifact.is_run:
-        files |= {f"run/{name}": artifact.run / name for name in RUN_FILES if (artifact.run / name).is_file()}
+        files |= {f"run/{p.name}": p for p in check_links(artifact.run, [artifact.run / name for name in RUN_FILES
+                                                                          if (artifact.run / name).is_file()])}
     for folder, _ in artifact.evals:
         files |= {f"eval/{folder.name}/{p.relative_to(folder).as_posix()}": p for p in _files(folder)}
     return files
@@ -247,5 +248,16 @@ def model_files(artifact: ModelArtifact) -> dict[str, Path]:
 
 def _files(folder: Path) -> list[Path]:
     """Every file under `folder` but hidden ones (a staging folder, .cache) and checkpoints."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(
-        part.startswith(".") or part == "checkpoints" for part in p.relative_to(folder).parts))
+    return check_links(folder, sorted(p for p in folder.rglob("*") if p.is_file() and not any(
+        part.startswith(".") or part == "checkpoints" for part in p.relative_to(folder).parts)))
+
+
+def check_links(root: Path, files: list[Path]) -> list[Path]:
+    """`files`, refused when a symbolic link among them leads out of `root`: publishing it would publish
+    whatever it points to (a key file, someone's home)."""
+    inside = root.resolve()
+    outside = [f"{p} -> {p.resolve()}" for p in files if not p.resolve().is_relative_to(inside)]
+    if outside:
+        raise PushError(f"{root}: symbolic links out of it, not published: {'; '.join(outside)}; copy the files in "
+                        "or remove the links")
+    return files

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCardData
 
-from medtune.push.artifacts import DatasetArtifact, PushError
+from medtune.push.artifacts import DatasetArtifact, PushError, check_links
 from medtune.push.licenses import UNKNOWN, by_path, card_license, combined, of_record
 
 SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"))
@@ -134,5 +134,5 @@ def _files_section(d: DatasetArtifact) -> list[str]:
 def dataset_files(d: DatasetArtifact) -> dict[str, Path]:
     files = {data_path(d): d.data}
     if d.provenance_file:
-        files[d.provenance_file.name] = d.provenance_file
+        files[d.provenance_file.name] = check_links(d.data.parent, [d.provenance_file])[0]
     return files

@@ -19,7 +19,7 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from medtune import __version__
 from medtune.io import replace_dir_atomic, write_atomic, write_json
-from medtune.push.artifacts import MANIFEST, PushError, read_json
+from medtune.push.artifacts import MANIFEST, PushError, check_links, read_json
 from medtune.push.clean import clean_file, clean_records, clean_text, is_text, leaks
 from medtune.push.licenses import HUB_LICENSES
 
@@ -156,6 +156,7 @@ def dry_run_upload(folder: Path, repo: str, secrets: list[str]) -> Upload:
         card = (folder / "README.md").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise PushError(f"{folder / 'README.md'}: unreadable ({err})") from None
+    check_links(folder, [folder / n for n in listed])
     files = {n: folder / n for n in sorted(listed) if n != "README.md"}
     data = {n for n in files if manifest["repo_type"] == "dataset" and n.startswith("data/") and n.endswith(".jsonl")}
     return Upload(repo, manifest["repo_type"], str(manifest.get("kind", "dry-run")), folder, files,
