@@ -443,6 +443,11 @@ def test_cleaning_keeps_text_and_removes_what_is_local():
     assert clean_text("see /home/ana/runs/x/adapter and ~/.cache/medtune/gguf/m.gguf", []) == "see adapter and m.gguf"
     kept = "dose 5 mg/kg/day, https://medlineplus.gov/druginfo/meds/a1.html, 28/01/2019, and/or POST /v1/chat"
     assert clean_text(kept, []) == kept
+    # Paths under folders this machine lacks, with doubled slashes, as file:// URLs, on Windows (raw and as JSON
+    # escapes them): all local.
+    assert clean_text("file:///home/ana/x/y.json, //home/ana/z, /fsx/ana/runs/a, /exports/b/c, C:\\Users\\ana\\m, "
+                      '"C:\\\\Users\\\\ana\\\\n", D:/data/o', []) == 'y.json, z, a, c, m, "n", o'
+    assert clean_text("https://host/a/b and s3://bucket/k/v", []) == "https://host/a/b and s3://bucket/k/v"
     assert clean_text(f"token {TOKEN} or hf_{'x' * 30}", []) == "token <removed> or <removed>"
     assert clean_text("key=s3cr3t-value-123", ["s3cr3t-value-123"]) == "key=<removed>"
     assert clean_value({"eos_token": "</s>", "pad_token_id": 0}, [], by_key=False) == {"eos_token": "</s>", "pad_token_id": 0}
@@ -462,11 +467,14 @@ def test_the_final_scan_reads_binaries(tmp_path):
     save_file({"w": torch.zeros(2)}, tmp_path / "model.safetensors", metadata={"source": str(run / "model")})
     torch.save({"hub_token": TOKEN}, tmp_path / "training_args.bin")
     (tmp_path / "notes.md").write_text("trained in /home/ana/runs/x\n")
+    (tmp_path / "where.txt").write_text("copied from file:///fsx/ana/x\r\nand C:\\Users\\ana\\m\n")
     (tmp_path / "clean.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes().replace(str(run).encode(), b"x" * len(str(run))))
     found = leaks(tmp_path, [TOKEN], [tmp_path / "runs"])
     assert found == [f"model.safetensors: holds the local path {str(tmp_path / 'runs')!r}",
                      "notes.md: line 1 holds the local path '/home/ana/runs/x'",
-                     "training_args.bin: holds a token or secret"]
+                     "training_args.bin: holds a token or secret",
+                     "where.txt: line 1 holds the local path 'file:///fsx/ana/x'",
+                     "where.txt: line 2 holds the local path 'C:\\\\Users\\\\ana\\\\m'"]
 
 
 def test_license_table():

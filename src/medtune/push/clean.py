@@ -21,10 +21,6 @@ REMOVED = "<removed>"
 # Key names (split at _ - . and camel case) that hold a secret: `hub_token`, `api_key`, `wandbApiKey`.
 SECRET_WORDS = frozenset({"token", "key", "apikey", "password", "passwd", "secret", "credential", "credentials", "auth"})
 HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")
-# Top-level folders that hold people's and machines' files; with those present on this machine, an absolute
-# path starting with one of them is local. Other text with slashes ("mg/kg/day", URLs) does not match.
-COMMON_ROOTS = {"home", "Users", "root", "tmp", "var", "private", "mnt", "media", "opt", "srv", "work", "workspace",
-                "content", "kaggle", "data", "scratch", "nfs", "gpfs", "lustre"}
 TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".jinja", ".csv", ".py")
 # Files that transformers, PEFT, tokenizers and sentence-transformers write: their keys name special tokens
 # (`eos_token`, `pad_token_id`), not secrets, so only secret values and local paths are cleaned in them.
@@ -34,19 +30,25 @@ LIBRARY_FILES = frozenset({
     "model.safetensors.index.json", "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
     "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"})
 TEXT_NAMES = ("Modelfile",)
+# Tokenizer vocabularies: their entries are data (a code model's vocabulary can hold `/usr/bin`), so they are
+# published as they are and scanned as binaries are, for secrets and this machine's folders.
+VOCABULARIES = frozenset({"tokenizer.json", "vocab.json", "merges.txt", "vocab.txt"})
 GGUF_METADATA_BYTES = 64 << 20  # a GGUF file's strings (metadata, vocabulary) come before its tensors
 
 
-def _roots() -> list[str]:
-    try:
-        present = {p.name for p in Path("/").iterdir() if p.is_dir()}
-    except OSError:
-        present = set()
-    return sorted(COMMON_ROOTS | present - {"", "."}, key=len, reverse=True)
+_PART = r"[^\s/\\\"'`<>|:;,()\[\]{}]+"  # one path component
+# What is a local path, in text: an absolute POSIX path of two components or more (`/home/ana/x`, `/fsx/runs`,
+# `//home/ana`), a `~/` path, a file:// URL and a Windows drive path (`C:\Users\ana`, JSON's `C:\\Users`). Not:
+# URLs (`https://host/a/b`: the slash follows a colon), `mg/kg/day`, dates, or API routes (`/v1/chat`, `/api/x`).
+LOCAL_PATH = re.compile(
+    r"\bfile://[^\s\"'`<>]*"
+    r"|(?<![\w.~:/\\-])(?:~|/+(?!(?:v\d+|api)/)%s)(?:/%s)+/?" % (_PART, _PART)
+    + r"|(?<![\w\\/])[A-Za-z]:[\\/]+%s(?:[\\/]+%s)*[\\/]*" % (_PART, _PART))
 
 
-LOCAL_PATH = re.compile(r"(?<![\w.~/\\-])(?:~|/(?:%s))(?:/[^\s/\"'`<>|:;,()\[\]{}]+)+/?" % "|".join(
-    re.escape(r) for r in _roots()))
+def _last_part(match: re.Match) -> str:
+    """A local path shortened to its last component (`/home/ana/runs/x/adapter` -> `adapter`)."""
+    return re.split(r"[\\/]+", match.group(0).rstrip("/\\"))[-1] or "~"
 
 
 def secret_values() -> list[str]:
@@ -70,7 +72,7 @@ def clean_text(text: str, secrets: list[str]) -> str:
     for value in secrets:
         text = text.replace(value, REMOVED)
     text = HF_TOKEN.sub(REMOVED, text)
-    return LOCAL_PATH.sub(lambda m: Path(m.group(0).rstrip("/")).name or "~", text)
+    return LOCAL_PATH.sub(_last_part, text)
 
 
 def clean_value(value: Any, secrets: list[str], key: str = "", by_key: bool = True) -> Any:
@@ -128,7 +130,7 @@ def clean_records(src: Path, dst: Path, secrets: list[str]) -> None:
 
 
 def is_text(path: Path) -> bool:
-    return path.suffix.lower() in TEXT_SUFFIXES or path.name in TEXT_NAMES
+    return (path.suffix.lower() in TEXT_SUFFIXES or path.name in TEXT_NAMES) and path.name not in VOCABULARIES
 
 
 def leaks(folder: Path, secrets: list[str], local_dirs: list[Path]) -> list[str]:
