@@ -497,3 +497,17 @@ def test_symbolic_links_out_of_the_artifact_are_refused(made, tmp_path):
     (folder / "notes.txt").unlink()
     (folder / "config-copy.json").symlink_to(folder / "config.json")  # a link inside the folder is its own file
     assert "config-copy.json" in plan(folder, "ana/tiny-merged").files
+
+
+@pytest.mark.parametrize("source", ["ADAM", "10_MPlus_ADAM_QA"])
+def test_a_synthetic_row_from_medlineplus_is_refused(made, tmp_path, source):
+    """The provenance names a redistributable file, but a row's own `source` (a record name, or MedQuAD's
+    collection folder) says its passage is A.D.A.M.'s: the set is refused."""
+    data = tmp_path / "cares-qa.jsonl"
+    rows = [json.loads(line) for line in made["synthetic"].read_text().splitlines()]
+    rows[0]["source"] = source
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copy(made["synthetic"].with_name("cares-qa.provenance.json"), tmp_path)
+    with pytest.raises(PushError, match="refusing to publish.*1 rows from MedQuAD answers from MedlinePlus"):
+        plan(data, "ana/cares-qa-es")
+    assert of_record("12_MPlusHerbsSupplements_QA", "text").redistributable is False

@@ -17,12 +17,18 @@ SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_
 
 
 def inherited(d: DatasetArtifact) -> Counter:
-    """Rows per license entry. A synthetic row is made from its passage, so its source file's entry counts;
-    a translated row keeps its source record's `source` field."""
-    if d.provenance is not None:
-        entry = by_path(str((d.provenance.get("source") or {}).get("path", ""))) or UNKNOWN
-        return Counter({entry: len(d.rows)})
-    return Counter(of_record(str(r.get("source") or ""), r.get("answer")) for r in d.rows)
+    """Rows per license entry. A translated row keeps its source record's `source` field. A synthetic row is
+    made from its passage: its source file's entry counts, unless the row's own `source` names a known dataset
+    (a passage file gathered from several), which then counts — always when its terms forbid redistribution."""
+    if d.provenance is None:
+        return Counter(of_record(str(r.get("source") or ""), r.get("answer")) for r in d.rows)
+    from_file = by_path(str((d.provenance.get("source") or {}).get("path", "")))
+    licenses = Counter()
+    for r in d.rows:
+        own = of_record(str(r.get("source") or ""), r.get("context") or r.get("answer")) if r.get("source") else UNKNOWN
+        licenses[own if own is not UNKNOWN and (from_file is None or own.redistributable is False)
+                 else from_file or UNKNOWN] += 1
+    return licenses
 
 
 def check_redistributable(d: DatasetArtifact, licenses: Counter) -> None:
