@@ -511,3 +511,32 @@ def test_a_synthetic_row_from_medlineplus_is_refused(made, tmp_path, source):
     with pytest.raises(PushError, match="refusing to publish.*1 rows from MedQuAD answers from MedlinePlus"):
         plan(data, "ana/cares-qa-es")
     assert of_record("12_MPlusHerbsSupplements_QA", "text").redistributable is False
+
+
+def test_unreadable_files_are_one_line_naming_them(made, tmp_path, monkeypatch, capsys):
+    folder = shutil.copytree(made["merged"], tmp_path / "merged")
+    rows = [json.loads(line) for line in made["translated"].read_text().splitlines()]
+    flagged = tmp_path / "flags.jsonl"
+    flagged.write_text("".join(json.dumps(r | {"mt_flags": 5}) + "\n" for r in rows))
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(made["translated"].read_bytes() + '{"question": "¿Qué?"}\n'.encode("latin-1"))
+    cases = [("notes.txt", "café".encode("latin-1"), "notes.txt: cannot be checked"),
+             ("extra.json", b'{"a": ', "extra.json: cannot be checked"),
+             ("extra.yaml", b"a: [1, 2\n", "extra.yaml: cannot be checked")]
+    for name, data, expected in cases:
+        (folder / name).write_bytes(data)
+        with pytest.raises(SystemExit) as exit_:
+            main(["push", str(folder), "--repo", "ana/x", "--dry-run", str(tmp_path / "dry")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and expected in err and "Traceback" not in err, err
+        (folder / name).unlink()
+    for data, expected in [(flagged, "flags.jsonl: record 1: mt_flags is 5"), (latin1, "latin1.jsonl: unreadable as UTF-8")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["push", str(data), "--repo", "ana/x", "--dry-run", str(tmp_path / "dry")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and expected in err and "Traceback" not in err, err
+    # Offline, a push stops before reading anything: not even PATH is looked at.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("medtune.push.plan", lambda *a, **k: pytest.fail("offline push read its artifact"))
+    with pytest.raises(PushError, match="cannot be reached"):
+        push(tmp_path / "nothing", "ana/x")

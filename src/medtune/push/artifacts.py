@@ -179,8 +179,12 @@ def _dataset(path: Path) -> DatasetArtifact:
     if path.suffix != ".jsonl" or not path.is_file():
         raise PushError(f"{path}: not something medtune wrote (datasets are the JSONL files of `medtune translate` "
                         "and `medtune synth`)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PushError(f"{path}: unreadable as UTF-8 text ({err})") from None
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 row = json.loads(line)

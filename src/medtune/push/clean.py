@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from medtune.push.artifacts import PushError
 from medtune.records import QA_COLUMNS
 
 REMOVED = "<removed>"
@@ -97,7 +98,21 @@ def clean_yaml(text: str, secrets: list[str]) -> str:
 
 def clean_file(src: Path, dst: Path, secrets: list[str]) -> None:
     """A cleaned copy of a text file (never the source itself); a JSON or YAML file with nothing to clean keeps
-    its bytes."""
+    its bytes. One that cannot be read (not UTF-8, broken JSON or YAML) is refused, naming it: what cannot be
+    parsed cannot be cleaned."""
+    import yaml
+
+    try:
+        _clean_file(src, dst, secrets)
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        raise PushError(f"{src}: cannot be checked for secrets and local paths, so not published: {_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def _clean_file(src: Path, dst: Path, secrets: list[str]) -> None:
     text = src.read_text(encoding="utf-8")
     suffix = src.suffix.lower()
     if suffix == ".json":
@@ -125,8 +140,11 @@ def clean_records(src: Path, dst: Path, secrets: list[str]) -> None:
     def clean(row: dict) -> dict:
         return {k: v if k in QA_COLUMNS else clean_value(v, secrets, k) for k, v in row.items()}
 
-    lines = src.read_text(encoding="utf-8").splitlines()
-    dst.write_text("".join(_clean_line(line, clean) for line in lines if line.strip()), encoding="utf-8")
+    try:
+        lines = src.read_text(encoding="utf-8").splitlines()
+        dst.write_text("".join(_clean_line(line, clean) for line in lines if line.strip()), encoding="utf-8")
+    except ValueError as err:  # read before (artifacts._dataset): a file changed since
+        raise PushError(f"{src}: cannot be checked for secrets and local paths: {_first_line(err)}") from None
 
 
 def is_text(path: Path) -> bool:

@@ -70,6 +70,11 @@ def dataset_card(d: DatasetArtifact, repo: str) -> str:
 
 
 def _translated(d: DatasetArtifact) -> list[str]:
+    for number, r in enumerate(d.rows, 1):
+        flags = r.get("mt_flags")
+        if flags is not None and not (isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
+            raise PushError(f"{d.data}: record {number}: mt_flags is {flags!r}, not a list of flag names "
+                            "(`medtune translate` writes one)")
     models = Counter(str(r.get("mt_model")) for r in d.rows)
     directions = Counter(f"{r.get('translated_from')} → {r.get('language')}" for r in d.rows)
     flags = Counter(f for r in d.rows for f in r.get("mt_flags") or [])
