@@ -435,6 +435,9 @@ def test_bad_input_is_named(made, dry, tiny_llama, tmp_path, capsys):
     assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
     with pytest.raises(PushError, match="inside"):
         push(made["merged"], "ana/tiny-merged", dry_run=made["merged"] / "dry")
+    with pytest.raises(PushError, match=f"inside {made['eval']}"):  # any folder published, an --eval's too
+        push(made["run"], "ana/tiny-medquad-lora", evals=[made["eval"]], dry_run=made["eval"] / "dry")
+    assert not (made["eval"] / "dry").exists()
     again = push(made["merged"], "ana/tiny-merged", dry_run=dry["merged"])  # its own dry run is replaced
     assert _tree(Path(again)) == _tree(dry["merged"])
 

@@ -57,7 +57,8 @@ def plan(path: str | Path, repo: str, evals: list[str | Path] = ()) -> Upload:
         return Upload(repo, "dataset", artifact.kind, path, files, dataset_card(artifact, repo), secrets,
                       data={n for n, p in files.items() if p == artifact.data})
     kind = "run/" + artifact.kind if artifact.is_run else artifact.kind
-    return Upload(repo, "model", kind, path, model_files(artifact), model_card(artifact, repo, secrets), secrets)
+    return Upload(repo, "model", kind, path, model_files(artifact), model_card(artifact, repo, secrets), secrets,
+                  folders=[artifact.folder, *(e for e, _ in artifact.evals)])
 
 
 def push(path: str | Path, repo: str, *, private: bool = False, revision: str | None = None,

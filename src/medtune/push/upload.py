@@ -39,6 +39,7 @@ class Upload:
     # A dry-run folder pushed: it is staged again like any upload, and must come out byte for byte as it is.
     dry_run_of: Path | None = None
     source_name: str = ""  # for the manifest and the commit message; the dry-run folder's manifest keeps its own
+    folders: list[Path] = field(default_factory=list)  # folders published whole (a model's, each --eval's)
 
     @property
     def name(self) -> str:
@@ -119,8 +120,9 @@ def validate_card(readme: Path, repo_type: str) -> dict:
 def write_dry_run(upload: Upload, target: Path) -> Path:
     """The upload as the folder `target`, built beside it and renamed into place; a folder that medtune's push
     did not write there (no medtune_push.json) is refused."""
-    if upload.source.is_dir() and target.resolve().is_relative_to(upload.source.resolve()):
-        raise PushError(f"--dry-run {target}: inside {upload.source}, which it would then publish too; choose a folder outside it")
+    for folder in [upload.source, *upload.folders]:
+        if folder.is_dir() and target.resolve().is_relative_to(folder.resolve()):
+            raise PushError(f"--dry-run {target}: inside {folder}, which it would then publish too; choose a folder outside it")
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / MANIFEST).is_file())):
         raise PushError(f"--dry-run {target}: already holds files that `medtune push` did not write (no {MANIFEST}); "
                         "choose a new or empty folder")
