@@ -438,6 +438,10 @@ def test_bad_input_is_named(made, dry, tiny_llama, tmp_path, capsys):
     with pytest.raises(PushError, match=f"inside {made['eval']}"):  # any folder published, an --eval's too
         push(made["run"], "ana/tiny-medquad-lora", evals=[made["eval"]], dry_run=made["eval"] / "dry")
     assert not (made["eval"] / "dry").exists()
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    with pytest.raises(PushError, match="a symbolic link"):
+        push(made["merged"], "ana/tiny-merged", dry_run=tmp_path / "link")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [] and (tmp_path / "link").is_symlink()
     again = push(made["merged"], "ana/tiny-merged", dry_run=dry["merged"])  # its own dry run is replaced
     assert _tree(Path(again)) == _tree(dry["merged"])
 

@@ -120,6 +120,8 @@ def validate_card(readme: Path, repo_type: str) -> dict:
 def write_dry_run(upload: Upload, target: Path) -> Path:
     """The upload as the folder `target`, built beside it and renamed into place; a folder that medtune's push
     did not write there (no medtune_push.json) is refused."""
+    if target.is_symlink():  # replacing it would swap the link for a folder and leave the old one beside it
+        raise PushError(f"--dry-run {target}: a symbolic link; name a real folder")
     for folder in [upload.source, *upload.folders]:
         if folder.is_dir() and target.resolve().is_relative_to(folder.resolve()):
             raise PushError(f"--dry-run {target}: inside {folder}, which it would then publish too; choose a folder outside it")
