@@ -547,3 +547,13 @@ def test_unreadable_files_are_one_line_naming_them(made, tmp_path, monkeypatch, 
     monkeypatch.setattr("medtune.push.plan", lambda *a, **k: pytest.fail("offline push read its artifact"))
     with pytest.raises(PushError, match="cannot be reached"):
         push(tmp_path / "nothing", "ana/x")
+
+
+def test_evaluations_named_alike_are_refused_and_dot_is_resolved(made, tmp_path, monkeypatch):
+    other = shutil.copytree(made["eval"], tmp_path / "b" / made["eval"].name)
+    with pytest.raises(PushError, match=f"both would be published as eval/{made['eval'].name}/"):
+        plan(made["run"], "ana/tiny-medquad-lora", [made["eval"], other])
+    twice = plan(made["run"], "ana/tiny-medquad-lora", [made["eval"], made["eval"]])
+    monkeypatch.chdir(made["eval"])
+    here = plan(made["run"], "ana/tiny-medquad-lora", ["."])
+    assert set(here.files) == set(twice.files) and f"eval/{made['eval'].name}/report.json" in here.files

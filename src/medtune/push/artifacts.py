@@ -102,7 +102,15 @@ def recognise(path: Path, evals: list[Path] = ()) -> ModelArtifact | DatasetArti
         artifact.evals.append((path, report))
         return artifact
     artifact = _model(path)
+    named: dict[str, Path] = {}  # eval/NAME/ -> the folder published there
     for e in evals:
+        name = e.resolve().name
+        if name in named:
+            if named[name].resolve() == e.resolve():
+                continue  # the same folder given twice
+            raise PushError(f"--eval {named[name]} and --eval {e}: both would be published as eval/{name}/; "
+                            "rename one of the folders")
+        named[name] = e
         artifact.evals.append((e, _eval_of(e, artifact)))
     return artifact
 
@@ -246,7 +254,7 @@ def model_files(artifact: ModelArtifact) -> dict[str, Path]:
         files |= {f"run/{p.name}": p for p in check_links(artifact.run, [artifact.run / name for name in RUN_FILES
                                                                           if (artifact.run / name).is_file()])}
     for folder, _ in artifact.evals:
-        files |= {f"eval/{folder.name}/{p.relative_to(folder).as_posix()}": p for p in _files(folder)}
+        files |= {f"eval/{folder.resolve().name}/{p.relative_to(folder).as_posix()}": p for p in _files(folder)}
     return files
 
 
