@@ -557,3 +557,11 @@ def test_evaluations_named_alike_are_refused_and_dot_is_resolved(made, tmp_path,
     monkeypatch.chdir(made["eval"])
     here = plan(made["run"], "ana/tiny-medquad-lora", ["."])
     assert set(here.files) == set(twice.files) and f"eval/{made['eval'].name}/report.json" in here.files
+
+
+def test_push_dot_names_the_folder(made, tmp_path, monkeypatch):
+    monkeypatch.chdir(made["merged"])
+    upload = plan(".", "ana/tiny-merged")
+    assert upload.message == "medtune push: merged-adapter merged"
+    folder = Path(push(".", "ana/tiny-merged", dry_run=tmp_path / "dry"))
+    assert json.loads((folder / "medtune_push.json").read_text())["source"] == "merged"
