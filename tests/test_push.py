@@ -458,6 +458,12 @@ def test_cleaning_keeps_text_and_removes_what_is_local():
     assert clean_text(f"token {TOKEN} or hf_{'x' * 30}", []) == "token <removed> or <removed>"
     assert clean_text("key=s3cr3t-value-123", ["s3cr3t-value-123"]) == "key=<removed>"
     assert clean_value({"eos_token": "</s>", "pad_token_id": 0}, [], by_key=False) == {"eos_token": "</s>", "pad_token_id": 0}
+    # Outside the libraries' files too, names that merely contain token / key / auth are kept.
+    named = {"pad_token": "<pad>", "eos_token": "</s>", "answer_key": "B", "auth_method": "oauth", "Key": "focus"}
+    assert clean_value(named, []) == named
+    assert clean_value({"NGROK_AUTHTOKEN": "a", "GITHUB_PAT": "b", "aws_secret_access_key": "c", "private_key": "d",
+                        "token": "e"}, []) == dict.fromkeys(["NGROK_AUTHTOKEN", "GITHUB_PAT", "aws_secret_access_key",
+                                                            "private_key", "token"], "<removed>")
     assert clean_value({"hub_token": "abc", "api_key": "k", "wandbApiKey": "k", "max_tokens": 5, "train_tokens": 9,
                         "path": "/tmp/a/b.json"}, []) == {"hub_token": "<removed>", "api_key": "<removed>",
                                                            "wandbApiKey": "<removed>", "max_tokens": 5, "train_tokens": 9, "path": "b.json"}

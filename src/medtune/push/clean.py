@@ -19,8 +19,14 @@ from medtune.push.artifacts import PushError
 from medtune.records import QA_COLUMNS
 
 REMOVED = "<removed>"
-# Key names (split at _ - . and camel case) that hold a secret: `hub_token`, `api_key`, `wandbApiKey`.
-SECRET_WORDS = frozenset({"token", "key", "apikey", "password", "passwd", "secret", "credential", "credentials", "auth"})
+# Key names (split at _ - . and camel case) that hold a secret: `hub_token`, `api_key`, `wandbApiKey`,
+# `NGROK_AUTHTOKEN`, `GITHUB_PAT`. Precise on purpose: `eos_token`, `answer_key` and `auth_method` are not.
+SECRET_WORDS = frozenset({"apikey", "authtoken", "pat", "password", "passwd", "passphrase", "secret", "credential",
+                          "credentials"})
+KEY_KINDS = frozenset({"api", "secret", "access", "private", "auth", "client", "encryption", "signing", "ssh"})
+# `X_token` names a tokenizer's special token (its text, not a secret) for these X.
+SPECIAL_TOKENS = frozenset({"eos", "bos", "pad", "unk", "sep", "cls", "mask", "special", "start", "end", "stop",
+                            "image", "audio", "video", "boi", "eoi", "additional", "default", "fim", "think"})
 HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")
 TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".jinja", ".csv", ".py")
 # Files that transformers, PEFT, tokenizers and sentence-transformers write: their keys name special tokens
@@ -65,8 +71,14 @@ def secret_values() -> list[str]:
 
 
 def _is_secret_key(key: str) -> bool:
-    words = re.split(r"[_\-.\s]+|(?<=[a-z])(?=[A-Z])", str(key))
-    return any(w.lower() in SECRET_WORDS for w in words)
+    words = [w.lower() for w in re.split(r"[_\-.\s]+|(?<=[a-z])(?=[A-Z])", str(key)) if w]
+    if not words:
+        return False
+    *before, last = words
+    return (any(w in SECRET_WORDS for w in words)
+            or (last == "token" and not (before and before[-1] in SPECIAL_TOKENS))  # hub_token, HF_TOKEN, token
+            or (last == "key" and bool(before) and before[-1] in KEY_KINDS)  # api_key, secret_key, wandbApiKey
+            or last == "auth")  # auth, basic_auth: the credentials themselves
 
 
 def clean_text(text: str, secrets: list[str]) -> str:
