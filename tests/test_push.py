@@ -571,3 +571,25 @@ def test_push_dot_names_the_folder(made, tmp_path, monkeypatch):
     assert upload.message == "medtune push: merged-adapter merged"
     folder = Path(push(".", "ana/tiny-merged", dry_run=tmp_path / "dry"))
     assert json.loads((folder / "medtune_push.json").read_text())["source"] == "merged"
+
+
+def test_files_with_nothing_to_clean_keep_their_bytes(tmp_path):
+    from medtune.push.clean import clean_file, clean_records
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir(), dst.mkdir()
+    files = {"rows.jsonl": b'{"a": 1}\r\n\n{"b": "x"}', "notes.md": b"line one\r\nline two\r\n",
+             "r.yaml": b"a: 1\r\nb: [x]\r\n"}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+        clean_file(src / name, dst / name, [])
+        assert (dst / name).read_bytes() == data, name
+    clean_records(src / "rows.jsonl", dst / "records.jsonl", [])
+    assert (dst / "records.jsonl").read_bytes() == files["rows.jsonl"]
+    # What is cleaned changes that line only, keeping its ending.
+    (src / "m.jsonl").write_bytes(b'{"a": 1}\r\n{"mt_model": "/home/ana/m"}\r\n\n')
+    clean_records(src / "m.jsonl", dst / "m.jsonl", [])
+    assert (dst / "m.jsonl").read_bytes() == b'{"a": 1}\r\n{"mt_model": "m"}\r\n\n'
+    (src / "n.md").write_bytes(b"at /home/ana/x\r\nok\r\n")
+    clean_file(src / "n.md", dst / "n.md", [])
+    assert (dst / "n.md").read_bytes() == b"at x\r\nok\r\n"

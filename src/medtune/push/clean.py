@@ -124,8 +124,13 @@ def _first_line(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
+def _read(src: Path) -> str:
+    """A text file as it is, line endings included (read_text would turn CRLF into LF)."""
+    return src.read_bytes().decode("utf-8")
+
+
 def _clean_file(src: Path, dst: Path, secrets: list[str]) -> None:
-    text = src.read_text(encoding="utf-8")
+    text = _read(src)
     suffix = src.suffix.lower()
     if suffix == ".json":
         value = json.loads(text)
@@ -134,16 +139,25 @@ def _clean_file(src: Path, dst: Path, secrets: list[str]) -> None:
     elif suffix in (".yaml", ".yml"):
         text = clean_yaml(text, secrets)
     elif suffix == ".jsonl":
-        text = "".join(_clean_line(line, lambda row: clean_value(row, secrets)) for line in text.splitlines() if line.strip())
+        text = _clean_lines(text, lambda row: clean_value(row, secrets))
     else:
         text = clean_text(text, secrets)
-    dst.write_text(text, encoding="utf-8")
+    dst.write_bytes(text.encode("utf-8"))
 
 
-def _clean_line(line: str, clean) -> str:
-    value = json.loads(line)
-    cleaned = clean(value)
-    return (line if cleaned == value else json.dumps(cleaned, ensure_ascii=False)) + "\n"
+def _clean_lines(text: str, clean) -> str:
+    """JSONL text with each record cleaned; a line with nothing to clean, a blank line and every line ending
+    stay as they are."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        if body.strip():
+            value = json.loads(body)
+            cleaned = clean(value)
+            if cleaned != value:
+                line = json.dumps(cleaned, ensure_ascii=False) + line[len(body):]
+        out.append(line)
+    return "".join(out)
 
 
 def clean_records(src: Path, dst: Path, secrets: list[str]) -> None:
@@ -153,8 +167,7 @@ def clean_records(src: Path, dst: Path, secrets: list[str]) -> None:
         return {k: v if k in QA_COLUMNS else clean_value(v, secrets, k) for k, v in row.items()}
 
     try:
-        lines = src.read_text(encoding="utf-8").splitlines()
-        dst.write_text("".join(_clean_line(line, clean) for line in lines if line.strip()), encoding="utf-8")
+        dst.write_bytes(_clean_lines(_read(src), clean).encode("utf-8"))
     except ValueError as err:  # read before (artifacts._dataset): a file changed since
         raise PushError(f"{src}: cannot be checked for secrets and local paths: {_first_line(err)}") from None
 
