@@ -362,7 +362,32 @@ def test_push_uploads_what_the_dry_run_shows(made, dry, hub_online, monkeypatch)
 
     calls.clear()
     push(dry["synthetic"], "ana/cares-qa-es")  # a dry-run folder goes up as it is
-    assert calls[-1][2]["folder_path"] == dry["synthetic"] and calls[-1][2]["repo_type"] == "dataset"
+    assert calls[-1][2]["tree"] == _tree(dry["synthetic"]) and calls[-1][2]["repo_type"] == "dataset"
+    assert calls[-1][2]["commit_message"] == "medtune push: synthetic cares-qa.jsonl"
+
+
+def test_a_dry_run_folder_publishes_only_what_its_manifest_lists(made, dry, hub_online, monkeypatch, tmp_path):
+    """Files added to a dry-run folder afterwards (hidden ones too) are refused, and a listed file edited to
+    hold a secret is caught by the same cleaning as any push; nothing reaches the Hub."""
+    calls = _fake_hub(monkeypatch)
+    folder = shutil.copytree(dry["merged"], tmp_path / "merged")
+    (folder / ".env").write_text("OPENAI_API_KEY=sk-proj-abcdefghijklmnop\n")
+    (folder / "extra.json").write_text('{"api_key": "sk-proj-abcdefghijklmnop"}')
+    with pytest.raises(PushError, match=r"does not list: \.env, extra\.json"):
+        push(folder, "ana/tiny-merged")
+    (folder / ".env").unlink()
+    (folder / "extra.json").unlink()
+    (folder / "config.json").unlink()
+    with pytest.raises(PushError, match="missing files .*: config.json"):
+        push(folder, "ana/tiny-merged")
+    shutil.copy(dry["merged"] / "config.json", folder / "config.json")
+    (folder / "medtune.json").write_text('{"api_key": "sk-proj-abcdefghijklmnop"}')
+    with pytest.raises(PushError, match="changed since .*cleaning would rewrite medtune.json"):
+        push(folder, "ana/tiny-merged")
+    assert not calls and not list(tmp_path.glob(".push-*"))
+    # Previewed again with --dry-run: the same folder.
+    again = push(dry["merged"], "ana/tiny-merged", dry_run=tmp_path / "again")
+    assert _tree(Path(again)) == _tree(dry["merged"])
 
 
 def test_private_push_to_an_existing_public_repo_is_refused(made, hub_online, monkeypatch):
@@ -410,6 +435,13 @@ def test_bad_input_is_named(made, dry, tiny_llama, tmp_path, capsys):
     assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
     with pytest.raises(PushError, match="inside"):
         push(made["merged"], "ana/tiny-merged", dry_run=made["merged"] / "dry")
+    with pytest.raises(PushError, match=f"inside {made['eval']}"):  # any folder published, an --eval's too
+        push(made["run"], "ana/tiny-medquad-lora", evals=[made["eval"]], dry_run=made["eval"] / "dry")
+    assert not (made["eval"] / "dry").exists()
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    with pytest.raises(PushError, match="a symbolic link"):
+        push(made["merged"], "ana/tiny-merged", dry_run=tmp_path / "link")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [] and (tmp_path / "link").is_symlink()
     again = push(made["merged"], "ana/tiny-merged", dry_run=dry["merged"])  # its own dry run is replaced
     assert _tree(Path(again)) == _tree(dry["merged"])
 
@@ -418,9 +450,20 @@ def test_cleaning_keeps_text_and_removes_what_is_local():
     assert clean_text("see /home/ana/runs/x/adapter and ~/.cache/medtune/gguf/m.gguf", []) == "see adapter and m.gguf"
     kept = "dose 5 mg/kg/day, https://medlineplus.gov/druginfo/meds/a1.html, 28/01/2019, and/or POST /v1/chat"
     assert clean_text(kept, []) == kept
+    # Paths under folders this machine lacks, with doubled slashes, as file:// URLs, on Windows (raw and as JSON
+    # escapes them): all local.
+    assert clean_text("file:///home/ana/x/y.json, //home/ana/z, /fsx/ana/runs/a, /exports/b/c, C:\\Users\\ana\\m, "
+                      '"C:\\\\Users\\\\ana\\\\n", D:/data/o', []) == 'y.json, z, a, c, m, "n", o'
+    assert clean_text("https://host/a/b and s3://bucket/k/v", []) == "https://host/a/b and s3://bucket/k/v"
     assert clean_text(f"token {TOKEN} or hf_{'x' * 30}", []) == "token <removed> or <removed>"
     assert clean_text("key=s3cr3t-value-123", ["s3cr3t-value-123"]) == "key=<removed>"
     assert clean_value({"eos_token": "</s>", "pad_token_id": 0}, [], by_key=False) == {"eos_token": "</s>", "pad_token_id": 0}
+    # Outside the libraries' files too, names that merely contain token / key / auth are kept.
+    named = {"pad_token": "<pad>", "eos_token": "</s>", "answer_key": "B", "auth_method": "oauth", "Key": "focus"}
+    assert clean_value(named, []) == named
+    assert clean_value({"NGROK_AUTHTOKEN": "a", "GITHUB_PAT": "b", "aws_secret_access_key": "c", "private_key": "d",
+                        "token": "e"}, []) == dict.fromkeys(["NGROK_AUTHTOKEN", "GITHUB_PAT", "aws_secret_access_key",
+                                                            "private_key", "token"], "<removed>")
     assert clean_value({"hub_token": "abc", "api_key": "k", "wandbApiKey": "k", "max_tokens": 5, "train_tokens": 9,
                         "path": "/tmp/a/b.json"}, []) == {"hub_token": "<removed>", "api_key": "<removed>",
                                                            "wandbApiKey": "<removed>", "max_tokens": 5, "train_tokens": 9, "path": "b.json"}
@@ -437,11 +480,14 @@ def test_the_final_scan_reads_binaries(tmp_path):
     save_file({"w": torch.zeros(2)}, tmp_path / "model.safetensors", metadata={"source": str(run / "model")})
     torch.save({"hub_token": TOKEN}, tmp_path / "training_args.bin")
     (tmp_path / "notes.md").write_text("trained in /home/ana/runs/x\n")
+    (tmp_path / "where.txt").write_text("copied from file:///fsx/ana/x\r\nand C:\\Users\\ana\\m\n")
     (tmp_path / "clean.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes().replace(str(run).encode(), b"x" * len(str(run))))
     found = leaks(tmp_path, [TOKEN], [tmp_path / "runs"])
     assert found == [f"model.safetensors: holds the local path {str(tmp_path / 'runs')!r}",
                      "notes.md: line 1 holds the local path '/home/ana/runs/x'",
-                     "training_args.bin: holds a token or secret"]
+                     "training_args.bin: holds a token or secret",
+                     "where.txt: line 1 holds the local path 'file:///fsx/ana/x'",
+                     "where.txt: line 2 holds the local path 'C:\\\\Users\\\\ana\\\\m'"]
 
 
 def test_license_table():
@@ -451,3 +497,99 @@ def test_license_table():
     assert of_source("chatdoctor", "data/HealthCareMagic-100k.json").license == "unknown"
     assert of_source("text", "../shared/data/es_clinical_text/meddocan_es.jsonl").name.startswith("MEDDOCAN")
     assert of_source("jsonl", "mine.jsonl").license == "unknown"
+
+
+def test_symbolic_links_out_of_the_artifact_are_refused(made, tmp_path):
+    folder = shutil.copytree(made["merged"], tmp_path / "merged")
+    outside = tmp_path / "home" / "id_rsa"
+    outside.parent.mkdir()
+    outside.write_text("PRIVATE KEY")
+    (folder / "notes.txt").symlink_to(outside)
+    with pytest.raises(PushError, match=r"symbolic links out of it.*notes.txt -> .*id_rsa"):
+        plan(folder, "ana/tiny-merged")
+    (folder / "notes.txt").unlink()
+    (folder / "config-copy.json").symlink_to(folder / "config.json")  # a link inside the folder is its own file
+    assert "config-copy.json" in plan(folder, "ana/tiny-merged").files
+
+
+@pytest.mark.parametrize("source", ["ADAM", "10_MPlus_ADAM_QA"])
+def test_a_synthetic_row_from_medlineplus_is_refused(made, tmp_path, source):
+    """The provenance names a redistributable file, but a row's own `source` (a record name, or MedQuAD's
+    collection folder) says its passage is A.D.A.M.'s: the set is refused."""
+    data = tmp_path / "cares-qa.jsonl"
+    rows = [json.loads(line) for line in made["synthetic"].read_text().splitlines()]
+    rows[0]["source"] = source
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copy(made["synthetic"].with_name("cares-qa.provenance.json"), tmp_path)
+    with pytest.raises(PushError, match="refusing to publish.*1 rows from MedQuAD answers from MedlinePlus"):
+        plan(data, "ana/cares-qa-es")
+    assert of_record("12_MPlusHerbsSupplements_QA", "text").redistributable is False
+
+
+def test_unreadable_files_are_one_line_naming_them(made, tmp_path, monkeypatch, capsys):
+    folder = shutil.copytree(made["merged"], tmp_path / "merged")
+    rows = [json.loads(line) for line in made["translated"].read_text().splitlines()]
+    flagged = tmp_path / "flags.jsonl"
+    flagged.write_text("".join(json.dumps(r | {"mt_flags": 5}) + "\n" for r in rows))
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(made["translated"].read_bytes() + '{"question": "¿Qué?"}\n'.encode("latin-1"))
+    cases = [("notes.txt", "café".encode("latin-1"), "notes.txt: cannot be checked"),
+             ("extra.json", b'{"a": ', "extra.json: cannot be checked"),
+             ("extra.yaml", b"a: [1, 2\n", "extra.yaml: cannot be checked")]
+    for name, data, expected in cases:
+        (folder / name).write_bytes(data)
+        with pytest.raises(SystemExit) as exit_:
+            main(["push", str(folder), "--repo", "ana/x", "--dry-run", str(tmp_path / "dry")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and expected in err and "Traceback" not in err, err
+        (folder / name).unlink()
+    for data, expected in [(flagged, "flags.jsonl: record 1: mt_flags is 5"), (latin1, "latin1.jsonl: unreadable as UTF-8")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["push", str(data), "--repo", "ana/x", "--dry-run", str(tmp_path / "dry")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and expected in err and "Traceback" not in err, err
+    # Offline, a push stops before reading anything: not even PATH is looked at.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("medtune.push.plan", lambda *a, **k: pytest.fail("offline push read its artifact"))
+    with pytest.raises(PushError, match="cannot be reached"):
+        push(tmp_path / "nothing", "ana/x")
+
+
+def test_evaluations_named_alike_are_refused_and_dot_is_resolved(made, tmp_path, monkeypatch):
+    other = shutil.copytree(made["eval"], tmp_path / "b" / made["eval"].name)
+    with pytest.raises(PushError, match=f"both would be published as eval/{made['eval'].name}/"):
+        plan(made["run"], "ana/tiny-medquad-lora", [made["eval"], other])
+    twice = plan(made["run"], "ana/tiny-medquad-lora", [made["eval"], made["eval"]])
+    monkeypatch.chdir(made["eval"])
+    here = plan(made["run"], "ana/tiny-medquad-lora", ["."])
+    assert set(here.files) == set(twice.files) and f"eval/{made['eval'].name}/report.json" in here.files
+
+
+def test_push_dot_names_the_folder(made, tmp_path, monkeypatch):
+    monkeypatch.chdir(made["merged"])
+    upload = plan(".", "ana/tiny-merged")
+    assert upload.message == "medtune push: merged-adapter merged"
+    folder = Path(push(".", "ana/tiny-merged", dry_run=tmp_path / "dry"))
+    assert json.loads((folder / "medtune_push.json").read_text())["source"] == "merged"
+
+
+def test_files_with_nothing_to_clean_keep_their_bytes(tmp_path):
+    from medtune.push.clean import clean_file, clean_records
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir(), dst.mkdir()
+    files = {"rows.jsonl": b'{"a": 1}\r\n\n{"b": "x"}', "notes.md": b"line one\r\nline two\r\n",
+             "r.yaml": b"a: 1\r\nb: [x]\r\n"}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+        clean_file(src / name, dst / name, [])
+        assert (dst / name).read_bytes() == data, name
+    clean_records(src / "rows.jsonl", dst / "records.jsonl", [])
+    assert (dst / "records.jsonl").read_bytes() == files["rows.jsonl"]
+    # What is cleaned changes that line only, keeping its ending.
+    (src / "m.jsonl").write_bytes(b'{"a": 1}\r\n{"mt_model": "/home/ana/m"}\r\n\n')
+    clean_records(src / "m.jsonl", dst / "m.jsonl", [])
+    assert (dst / "m.jsonl").read_bytes() == b'{"a": 1}\r\n{"mt_model": "m"}\r\n\n'
+    (src / "n.md").write_bytes(b"at /home/ana/x\r\nok\r\n")
+    clean_file(src / "n.md", dst / "n.md", [])
+    assert (dst / "n.md").read_bytes() == b"at x\r\nok\r\n"

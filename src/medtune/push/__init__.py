@@ -57,19 +57,21 @@ def plan(path: str | Path, repo: str, evals: list[str | Path] = ()) -> Upload:
         return Upload(repo, "dataset", artifact.kind, path, files, dataset_card(artifact, repo), secrets,
                       data={n for n, p in files.items() if p == artifact.data})
     kind = "run/" + artifact.kind if artifact.is_run else artifact.kind
-    return Upload(repo, "model", kind, path, model_files(artifact), model_card(artifact, repo, secrets), secrets)
+    return Upload(repo, "model", kind, path, model_files(artifact), model_card(artifact, repo, secrets), secrets,
+                  folders=[artifact.folder, *(e for e, _ in artifact.evals)])
 
 
 def push(path: str | Path, repo: str, *, private: bool = False, revision: str | None = None,
          dry_run: str | Path | None = None, evals: list[str | Path] = ()) -> str:
     """Publish `path` (anything medtune wrote) as `repo`; returns the repository's URL, or with `dry_run` the
     folder holding exactly what would be uploaded."""
-    upload = plan(path, repo, evals)
     if dry_run is not None:
+        upload = plan(path, repo, evals)
         out = write_dry_run(upload, Path(dry_run))
         log.info("push: dry run of %s (%s) for %s: %d files in %s", upload.source, upload.kind, upload.repo,
                  sum(1 for p in out.rglob("*") if p.is_file()), out)
         return str(out)
+    # Before any work: reading, carding and scanning a model is wasted when it cannot go up.
     if not hub_reachable():
         raise PushError("the Hugging Face Hub cannot be reached from this machine (offline, or HF_HUB_OFFLINE=1); "
                         "write what would be uploaded with --dry-run DIR, check it, and push DIR from a machine that "
@@ -77,6 +79,7 @@ def push(path: str | Path, repo: str, *, private: bool = False, revision: str | 
     token = get_token()
     if not token:
         raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
+    upload = plan(path, repo, evals)
     api = HfApi(token=token)
     with staged(upload) as folder:
         try:

@@ -102,14 +102,22 @@ def recognise(path: Path, evals: list[Path] = ()) -> ModelArtifact | DatasetArti
         artifact.evals.append((path, report))
         return artifact
     artifact = _model(path)
+    named: dict[str, Path] = {}  # eval/NAME/ -> the folder published there
     for e in evals:
+        name = e.resolve().name
+        if name in named:
+            if named[name].resolve() == e.resolve():
+                continue  # the same folder given twice
+            raise PushError(f"--eval {named[name]} and --eval {e}: both would be published as eval/{name}/; "
+                            "rename one of the folders")
+        named[name] = e
         artifact.evals.append((e, _eval_of(e, artifact)))
     return artifact
 
 
 def _model(path: Path) -> ModelArtifact:
     if (path / MERGE_REPORT).is_file():
-        return ModelArtifact(path, path, read_card(path)[1], merge=_json(path / MERGE_REPORT))
+        return ModelArtifact(path, path, read_card(path)[1], merge=read_json(path / MERGE_REPORT))
     folder, card = read_card(path)
     if not card:
         raise PushError(f"{path}: not something medtune wrote: no {MODEL_CARD} (model), {MERGE_REPORT} (merge), "
@@ -119,7 +127,7 @@ def _model(path: Path) -> ModelArtifact:
         if missing:
             raise PushError(f"{path}: a run directory without {' and '.join(missing)}; was it copied in part?")
         return ModelArtifact(path, folder, card, run=path)
-    quantize = _json(path / f"{QUANTIZE_REPORT}.json") if (path / f"{QUANTIZE_REPORT}.json").is_file() else None
+    quantize = read_json(path / f"{QUANTIZE_REPORT}.json") if (path / f"{QUANTIZE_REPORT}.json").is_file() else None
     return ModelArtifact(path, folder, card, run=_origin_run(path, card), quantize=quantize)
 
 
@@ -179,8 +187,12 @@ def _dataset(path: Path) -> DatasetArtifact:
     if path.suffix != ".jsonl" or not path.is_file():
         raise PushError(f"{path}: not something medtune wrote (datasets are the JSONL files of `medtune translate` "
                         "and `medtune synth`)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PushError(f"{path}: unreadable as UTF-8 text ({err})") from None
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 row = json.loads(line)
@@ -191,17 +203,17 @@ def _dataset(path: Path) -> DatasetArtifact:
             rows.append(row)
     prov = provenance_path(path)
     if not rows:
-        dropped = f" (its provenance counts what was dropped: {_json(prov).get('counts')})" if prov.is_file() else ""
+        dropped = f" (its provenance counts what was dropped: {read_json(prov).get('counts')})" if prov.is_file() else ""
         raise PushError(f"{path}: holds no records; nothing to publish{dropped}")
     if prov.is_file():
-        return DatasetArtifact(path, rows, _json(prov), prov)
+        return DatasetArtifact(path, rows, read_json(prov), prov)
     if all(r.get("machine_translated") is True for r in rows):
         return DatasetArtifact(path, rows, None, None)
     raise PushError(f"{path}: not written by `medtune translate` (rows without machine_translated: true) or "
                     f"`medtune synth` (no {prov.name} beside it)")
 
 
-def _json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -223,7 +235,7 @@ class RunSource:
 def run_record(run: Path) -> tuple[dict, dict, list[RunSource]]:
     """A run's recipe (as a mapping), its report and its data sources."""
     recipe = read_yaml_mapping(run / "recipe.yaml", "recipe", PushError)
-    report = _json(run / "report.json")
+    report = read_json(run / "report.json")
     try:
         sources = [SourceConfig(**s) for s in recipe.get("data", {}).get("sources", [])]
     except (TypeError, ValueError) as err:
@@ -239,13 +251,25 @@ def model_files(artifact: ModelArtifact) -> dict[str, Path]:
     files = {p.relative_to(artifact.folder).as_posix(): p for p in _files(artifact.folder)
              if p.name not in NOT_PUBLISHED}
     if artifact.is_run:
-        files |= {f"run/{name}": artifact.run / name for name in RUN_FILES if (artifact.run / name).is_file()}
+        files |= {f"run/{p.name}": p for p in check_links(artifact.run, [artifact.run / name for name in RUN_FILES
+                                                                          if (artifact.run / name).is_file()])}
     for folder, _ in artifact.evals:
-        files |= {f"eval/{folder.name}/{p.relative_to(folder).as_posix()}": p for p in _files(folder)}
+        files |= {f"eval/{folder.resolve().name}/{p.relative_to(folder).as_posix()}": p for p in _files(folder)}
     return files
 
 
 def _files(folder: Path) -> list[Path]:
     """Every file under `folder` but hidden ones (a staging folder, .cache) and checkpoints."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(
-        part.startswith(".") or part == "checkpoints" for part in p.relative_to(folder).parts))
+    return check_links(folder, sorted(p for p in folder.rglob("*") if p.is_file() and not any(
+        part.startswith(".") or part == "checkpoints" for part in p.relative_to(folder).parts)))
+
+
+def check_links(root: Path, files: list[Path]) -> list[Path]:
+    """`files`, refused when a symbolic link among them leads out of `root`: publishing it would publish
+    whatever it points to (a key file, someone's home)."""
+    inside = root.resolve()
+    outside = [f"{p} -> {p.resolve()}" for p in files if not p.resolve().is_relative_to(inside)]
+    if outside:
+        raise PushError(f"{root}: symbolic links out of it, not published: {'; '.join(outside)}; copy the files in "
+                        "or remove the links")
+    return files

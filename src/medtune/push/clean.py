@@ -15,16 +15,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from medtune.push.artifacts import PushError
 from medtune.records import QA_COLUMNS
 
 REMOVED = "<removed>"
-# Key names (split at _ - . and camel case) that hold a secret: `hub_token`, `api_key`, `wandbApiKey`.
-SECRET_WORDS = frozenset({"token", "key", "apikey", "password", "passwd", "secret", "credential", "credentials", "auth"})
+# Key names (split at _ - . and camel case) that hold a secret: `hub_token`, `api_key`, `wandbApiKey`,
+# `NGROK_AUTHTOKEN`, `GITHUB_PAT`. Precise on purpose: `eos_token`, `answer_key` and `auth_method` are not.
+SECRET_WORDS = frozenset({"apikey", "authtoken", "pat", "password", "passwd", "passphrase", "secret", "credential",
+                          "credentials"})
+KEY_KINDS = frozenset({"api", "secret", "access", "private", "auth", "client", "encryption", "signing", "ssh"})
+# `X_token` names a tokenizer's special token (its text, not a secret) for these X.
+SPECIAL_TOKENS = frozenset({"eos", "bos", "pad", "unk", "sep", "cls", "mask", "special", "start", "end", "stop",
+                            "image", "audio", "video", "boi", "eoi", "additional", "default", "fim", "think"})
 HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")
-# Top-level folders that hold people's and machines' files; with those present on this machine, an absolute
-# path starting with one of them is local. Other text with slashes ("mg/kg/day", URLs) does not match.
-COMMON_ROOTS = {"home", "Users", "root", "tmp", "var", "private", "mnt", "media", "opt", "srv", "work", "workspace",
-                "content", "kaggle", "data", "scratch", "nfs", "gpfs", "lustre"}
 TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".jinja", ".csv", ".py")
 # Files that transformers, PEFT, tokenizers and sentence-transformers write: their keys name special tokens
 # (`eos_token`, `pad_token_id`), not secrets, so only secret values and local paths are cleaned in them.
@@ -34,19 +37,25 @@ LIBRARY_FILES = frozenset({
     "model.safetensors.index.json", "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
     "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"})
 TEXT_NAMES = ("Modelfile",)
+# Tokenizer vocabularies: their entries are data (a code model's vocabulary can hold `/usr/bin`), so they are
+# published as they are and scanned as binaries are, for secrets and this machine's folders.
+VOCABULARIES = frozenset({"tokenizer.json", "vocab.json", "merges.txt", "vocab.txt"})
 GGUF_METADATA_BYTES = 64 << 20  # a GGUF file's strings (metadata, vocabulary) come before its tensors
 
 
-def _roots() -> list[str]:
-    try:
-        present = {p.name for p in Path("/").iterdir() if p.is_dir()}
-    except OSError:
-        present = set()
-    return sorted(COMMON_ROOTS | present - {"", "."}, key=len, reverse=True)
+_PART = r"[^\s/\\\"'`<>|:;,()\[\]{}]+"  # one path component
+# What is a local path, in text: an absolute POSIX path of two components or more (`/home/ana/x`, `/fsx/runs`,
+# `//home/ana`), a `~/` path, a file:// URL and a Windows drive path (`C:\Users\ana`, JSON's `C:\\Users`). Not:
+# URLs (`https://host/a/b`: the slash follows a colon), `mg/kg/day`, dates, or API routes (`/v1/chat`, `/api/x`).
+LOCAL_PATH = re.compile(
+    r"\bfile://[^\s\"'`<>]*"
+    r"|(?<![\w.~:/\\-])(?:~|/+(?!(?:v\d+|api)/)%s)(?:/%s)+/?" % (_PART, _PART)
+    + r"|(?<![\w\\/])[A-Za-z]:[\\/]+%s(?:[\\/]+%s)*[\\/]*" % (_PART, _PART))
 
 
-LOCAL_PATH = re.compile(r"(?<![\w.~/\\-])(?:~|/(?:%s))(?:/[^\s/\"'`<>|:;,()\[\]{}]+)+/?" % "|".join(
-    re.escape(r) for r in _roots()))
+def _last_part(match: re.Match) -> str:
+    """A local path shortened to its last component (`/home/ana/runs/x/adapter` -> `adapter`)."""
+    return re.split(r"[\\/]+", match.group(0).rstrip("/\\"))[-1] or "~"
 
 
 def secret_values() -> list[str]:
@@ -62,15 +71,21 @@ def secret_values() -> list[str]:
 
 
 def _is_secret_key(key: str) -> bool:
-    words = re.split(r"[_\-.\s]+|(?<=[a-z])(?=[A-Z])", str(key))
-    return any(w.lower() in SECRET_WORDS for w in words)
+    words = [w.lower() for w in re.split(r"[_\-.\s]+|(?<=[a-z])(?=[A-Z])", str(key)) if w]
+    if not words:
+        return False
+    *before, last = words
+    return (any(w in SECRET_WORDS for w in words)
+            or (last == "token" and not (before and before[-1] in SPECIAL_TOKENS))  # hub_token, HF_TOKEN, token
+            or (last == "key" and bool(before) and before[-1] in KEY_KINDS)  # api_key, secret_key, wandbApiKey
+            or last == "auth")  # auth, basic_auth: the credentials themselves
 
 
 def clean_text(text: str, secrets: list[str]) -> str:
     for value in secrets:
         text = text.replace(value, REMOVED)
     text = HF_TOKEN.sub(REMOVED, text)
-    return LOCAL_PATH.sub(lambda m: Path(m.group(0).rstrip("/")).name or "~", text)
+    return LOCAL_PATH.sub(_last_part, text)
 
 
 def clean_value(value: Any, secrets: list[str], key: str = "", by_key: bool = True) -> Any:
@@ -95,8 +110,27 @@ def clean_yaml(text: str, secrets: list[str]) -> str:
 
 def clean_file(src: Path, dst: Path, secrets: list[str]) -> None:
     """A cleaned copy of a text file (never the source itself); a JSON or YAML file with nothing to clean keeps
-    its bytes."""
-    text = src.read_text(encoding="utf-8")
+    its bytes. One that cannot be read (not UTF-8, broken JSON or YAML) is refused, naming it: what cannot be
+    parsed cannot be cleaned."""
+    import yaml
+
+    try:
+        _clean_file(src, dst, secrets)
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        raise PushError(f"{src}: cannot be checked for secrets and local paths, so not published: {_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def _read(src: Path) -> str:
+    """A text file as it is, line endings included (read_text would turn CRLF into LF)."""
+    return src.read_bytes().decode("utf-8")
+
+
+def _clean_file(src: Path, dst: Path, secrets: list[str]) -> None:
+    text = _read(src)
     suffix = src.suffix.lower()
     if suffix == ".json":
         value = json.loads(text)
@@ -105,16 +139,25 @@ def clean_file(src: Path, dst: Path, secrets: list[str]) -> None:
     elif suffix in (".yaml", ".yml"):
         text = clean_yaml(text, secrets)
     elif suffix == ".jsonl":
-        text = "".join(_clean_line(line, lambda row: clean_value(row, secrets)) for line in text.splitlines() if line.strip())
+        text = _clean_lines(text, lambda row: clean_value(row, secrets))
     else:
         text = clean_text(text, secrets)
-    dst.write_text(text, encoding="utf-8")
+    dst.write_bytes(text.encode("utf-8"))
 
 
-def _clean_line(line: str, clean) -> str:
-    value = json.loads(line)
-    cleaned = clean(value)
-    return (line if cleaned == value else json.dumps(cleaned, ensure_ascii=False)) + "\n"
+def _clean_lines(text: str, clean) -> str:
+    """JSONL text with each record cleaned; a line with nothing to clean, a blank line and every line ending
+    stay as they are."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        if body.strip():
+            value = json.loads(body)
+            cleaned = clean(value)
+            if cleaned != value:
+                line = json.dumps(cleaned, ensure_ascii=False) + line[len(body):]
+        out.append(line)
+    return "".join(out)
 
 
 def clean_records(src: Path, dst: Path, secrets: list[str]) -> None:
@@ -123,12 +166,14 @@ def clean_records(src: Path, dst: Path, secrets: list[str]) -> None:
     def clean(row: dict) -> dict:
         return {k: v if k in QA_COLUMNS else clean_value(v, secrets, k) for k, v in row.items()}
 
-    lines = src.read_text(encoding="utf-8").splitlines()
-    dst.write_text("".join(_clean_line(line, clean) for line in lines if line.strip()), encoding="utf-8")
+    try:
+        dst.write_bytes(_clean_lines(_read(src), clean).encode("utf-8"))
+    except ValueError as err:  # read before (artifacts._dataset): a file changed since
+        raise PushError(f"{src}: cannot be checked for secrets and local paths: {_first_line(err)}") from None
 
 
 def is_text(path: Path) -> bool:
-    return path.suffix.lower() in TEXT_SUFFIXES or path.name in TEXT_NAMES
+    return (path.suffix.lower() in TEXT_SUFFIXES or path.name in TEXT_NAMES) and path.name not in VOCABULARIES
 
 
 def leaks(folder: Path, secrets: list[str], local_dirs: list[Path]) -> list[str]:

@@ -10,19 +10,25 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCardData
 
-from medtune.push.artifacts import DatasetArtifact, PushError
+from medtune.push.artifacts import DatasetArtifact, PushError, check_links
 from medtune.push.licenses import UNKNOWN, by_path, card_license, combined, of_record
 
 SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"))
 
 
 def inherited(d: DatasetArtifact) -> Counter:
-    """Rows per license entry. A synthetic row is made from its passage, so its source file's entry counts;
-    a translated row keeps its source record's `source` field."""
-    if d.provenance is not None:
-        entry = by_path(str((d.provenance.get("source") or {}).get("path", ""))) or UNKNOWN
-        return Counter({entry: len(d.rows)})
-    return Counter(of_record(str(r.get("source") or ""), r.get("answer")) for r in d.rows)
+    """Rows per license entry. A translated row keeps its source record's `source` field. A synthetic row is
+    made from its passage: its source file's entry counts, unless the row's own `source` names a known dataset
+    (a passage file gathered from several), which then counts — always when its terms forbid redistribution."""
+    if d.provenance is None:
+        return Counter(of_record(str(r.get("source") or ""), r.get("answer")) for r in d.rows)
+    from_file = by_path(str((d.provenance.get("source") or {}).get("path", "")))
+    licenses = Counter()
+    for r in d.rows:
+        own = of_record(str(r.get("source") or ""), r.get("context") or r.get("answer")) if r.get("source") else UNKNOWN
+        licenses[own if own is not UNKNOWN and (from_file is None or own.redistributable is False)
+                 else from_file or UNKNOWN] += 1
+    return licenses
 
 
 def check_redistributable(d: DatasetArtifact, licenses: Counter) -> None:
@@ -64,6 +70,11 @@ def dataset_card(d: DatasetArtifact, repo: str) -> str:
 
 
 def _translated(d: DatasetArtifact) -> list[str]:
+    for number, r in enumerate(d.rows, 1):
+        flags = r.get("mt_flags")
+        if flags is not None and not (isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
+            raise PushError(f"{d.data}: record {number}: mt_flags is {flags!r}, not a list of flag names "
+                            "(`medtune translate` writes one)")
     models = Counter(str(r.get("mt_model")) for r in d.rows)
     directions = Counter(f"{r.get('translated_from')} → {r.get('language')}" for r in d.rows)
     flags = Counter(f for r in d.rows for f in r.get("mt_flags") or [])
@@ -134,5 +145,5 @@ def _files_section(d: DatasetArtifact) -> list[str]:
 def dataset_files(d: DatasetArtifact) -> dict[str, Path]:
     files = {data_path(d): d.data}
     if d.provenance_file:
-        files[d.provenance_file.name] = d.provenance_file
+        files[d.provenance_file.name] = check_links(d.data.parent, [d.provenance_file])[0]
     return files

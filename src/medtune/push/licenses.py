@@ -51,7 +51,8 @@ DATA_LICENSES = (
                 "copyrighted MedlinePlus content licensed from A.D.A.M., ASHP and Natural Medicines; MedQuAD removed "
                 "these answers from its release for copyright, and they may not be redistributed "
                 "(https://medlineplus.gov/copyright.html)", False,
-                names=("ADAM", "MPlusDrugs", "MPlusHerbsSupplements"), answers_only=True),
+                names=("ADAM", "MPlusDrugs", "MPlusHerbsSupplements"),
+                files=("mplus_adam", "mplusdrugs", "mplusherbssupplements"), answers_only=True),  # MedQuAD folders 10-12
     DataLicense("ChatDoctor HealthCareMagic-100k / iCliniq", "unknown", "conversations collected from the HealthCareMagic "
                 "and iCliniq websites; the ChatDoctor release states no license for them", None,
                 files=("healthcaremagic", "icliniq")),
