@@ -1,5 +1,5 @@
 """Re-ranking latency: one query's top 20 scored by a cross-encoder, sentence-transformers (torch) against
-medtune's ONNX exports of the same model (float32, the default, and int8), on the same queries in the same run.
+medtune's ONNX exports of the same model (float32 and int8), on the same queries in the same run.
 
     .venv/bin/python benchmarks/reranker_latency.py --index INDEX_DIR --reranker RUN_DIR [--queries N]
 
