@@ -1,5 +1,6 @@
 import hashlib
 import logging
+import json
 import shutil
 import urllib.error
 import zipfile
@@ -141,6 +142,13 @@ def test_grounded_answers_from_the_cached_medquad_index(tmp_path, monkeypatch, t
     assert index.parent == tmp_path / "cache" / "indexes"
     built = (index / "manifest.json").stat().st_mtime_ns
     assert medquad_index(medquad) == index and (index / "manifest.json").stat().st_mtime_ns == built  # reused, not rebuilt
+    # A cache built before question matching (no questions in its manifest) is rebuilt in place, with them.
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["questions"]["passages"] > 0
+    (index / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "questions"}))
+    (index / "questions.usearch").unlink()
+    assert medquad_index(medquad) == index and json.loads((index / "manifest.json").read_text())["questions"] == manifest["questions"]
+    assert (index / "questions.usearch").is_file()
 
     answers = grounded_answers(tiny_llama, index, ["What are the symptoms of Hantavirus Pulmonary Syndrome?",
                                                    "Should I double my dose of warfarin tonight?"])

@@ -116,9 +116,14 @@ def medquad_index(medquad: Path) -> Path:
     """MedQuAD's answered questions as a retrieval index, built once into medtune's cache."""
     key = hashlib.sha1(f"{medquad.resolve()}|{FORMAT}|{INDEX_TOKENS}".encode()).hexdigest()[:12]
     target = cache_dir() / "indexes" / f"medquad-{key}"
-    if (target / "manifest.json").is_file():
-        return target
-    log.info("building the MedQuAD retrieval index once, into %s", target)
+    manifest = target / "manifest.json"
+    if manifest.is_file():
+        if json.loads(manifest.read_text()).get("questions"):
+            return target
+        # built before stored-question matching (same format, no questions.usearch): it would search without it
+        log.info("rebuilding the cached MedQuAD index in %s: it predates question matching", target)
+    else:
+        log.info("building the MedQuAD retrieval index once, into %s", target)
     passages, report = load_passages(medquad)
     return build_index(passages, target, report=report, max_seq_length=INDEX_TOKENS)
 
