@@ -128,6 +128,12 @@ def test_fusion_on_a_hand_computed_example():
     rrf = fuse(c, Fusion("rrf", rrf_k=1, depth=2), cosine)
     assert [i for i, _ in rrf] == [0, 2, 1]
     assert [s for _, s in rrf] == pytest.approx([1 / 3 + 1 / 2, 1 / 2, 1 / 3])
+    # Passage 1's stored question matches best: its mixed dense score puts it first in rrf's dense list too.
+    asked = Candidates(bm25=np.array([2, 0]), dense=np.array([0, 1]), bm25_scores=np.array([4.0, 0.0, 8.0]),
+                       query_vector=np.zeros(3), questions=np.array([1]))
+    rrf = fuse(asked, Fusion("rrf", rrf_k=1, depth=2), {0: 0.8, 1: 0.9, 2: 0.5})
+    # 0: 2nd in both lists; 1: 1st in dense (ahead of 2 on the tie by its dense score); 2: 1st in BM25
+    assert [i for i, _ in rrf] == [0, 1, 2] and [s for _, s in rrf] == pytest.approx([1 / 3 + 1 / 3, 1 / 2, 1 / 2])
     # depth 1 keeps only each list's first: passage 1 is not a candidate
     assert [i for i, _ in fuse(c, Fusion("convex", alpha=0.5, depth=1), cosine)] == [2, 0]
 

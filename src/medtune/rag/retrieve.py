@@ -86,10 +86,13 @@ def mix(passage: dict[int, float], question: dict[int, float], weight: float) ->
 
 
 def fuse(c: Candidates, fusion: Fusion, cosine: dict[int, float]) -> list[tuple[int, float]]:
-    """(passage index, fused score), best first; `cosine` (index -> cosine) covers the candidates."""
+    """(passage index, fused score), best first; `cosine` (index -> dense score, mixed with the stored question's
+    cosine where there is one) covers the candidates."""
     bm25, dense = c.bm25[: fusion.depth].tolist(), c.dense[: fusion.depth].tolist()
     pool = list(dict.fromkeys(dense + c.questions[: fusion.depth].tolist() + bm25))
     if fusion.method == "rrf":
+        # The dense list in the order of the dense score, so that passages found by their stored question rank too.
+        dense = sorted(dict.fromkeys(dense + c.questions[: fusion.depth].tolist()), key=lambda i: -cosine[i])[: fusion.depth]
         scores = dict.fromkeys(pool, 0.0)
         for ranked in (bm25, dense):
             for rank, i in enumerate(ranked, 1):
