@@ -143,3 +143,20 @@ def test_reranker_run_trains_a_cross_encoder_that_retrieval_uses(qa_jsonl, tmp_p
     refused = subprocess.run([sys.executable, "-m", "medtune.cli", "ask", "gout?", "--reranker", str(run_dir)],
                              capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert refused.returncode != 0 and "--reranker re-ranks what the index finds" in refused.stderr
+
+
+def test_retriever_runs_take_the_shared_training_settings(tmp_path):
+    """Gradient accumulation, checkpointing and tracking come from the recipe as for every medtune trainer;
+    batches come from sentence-transformers' no-duplicates sampler, not length grouping."""
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+
+    from medtune.rag.finetune import _arguments
+    from medtune.recipe import load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "retriever-medquad.yaml",
+                         ["train.gradient_accumulation_steps=4", "tracking.backend=tensorboard", "train.save_total_limit=3"])
+    args, callbacks = _arguments(recipe, tmp_path, SentenceTransformerTrainingArguments)
+    assert args.gradient_accumulation_steps == 4 and args.save_total_limit == 3 and args.run_name == "retriever-medquad"
+    assert args.batch_sampler == BatchSamplers.NO_DUPLICATES and args.train_sampling_strategy == "random"
+    assert [type(c).__name__ for c in callbacks] == ["TensorBoardCallback"] and args.output_dir == str(tmp_path / "checkpoints")

@@ -44,7 +44,7 @@ from medtune.logs import log, transformers_quiet
 from medtune.models import write_card
 from medtune.recipe import Recipe, RecipeError, RetrieverConfig, dump_recipe
 from medtune.records import QARecord, from_dataset
-from medtune.train.common import choose_precision, cpu_only, fit
+from medtune.train.common import choose_precision, cpu_only, fit, tracking, training_kwargs
 from medtune.rag.embedder import DEFAULT_EMBEDDER, is_bi_encoder, resolve_folder
 from medtune.rag.evaluate import score
 from medtune.rag.passages import passages_from_records
@@ -149,17 +149,14 @@ def _training_pairs(records: list[QARecord], cfg: RetrieverConfig, seed: int, fo
     return columns, report
 
 
-def _arguments(recipe: Recipe, run_dir: Path, cls):
+def _arguments(recipe: Recipe, run_dir: Path, cls) -> tuple:
+    """(training arguments, tracking callbacks) as every medtune trainer sets them, except that batches are
+    drawn by sentence-transformers' no-duplicates sampler (a text repeated in a batch would be its own
+    false negative); length grouping needs token ids, and these datasets hold text."""
     t = recipe.train
-    precision = choose_precision(t.precision, t.objective)
-    return cls(
-        output_dir=str(run_dir / "checkpoints"), num_train_epochs=t.epochs, max_steps=t.max_steps, learning_rate=t.learning_rate,
-        per_device_train_batch_size=t.batch_size, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
-        lr_scheduler_type=t.lr_scheduler, batch_sampler=BatchSamplers.NO_DUPLICATES, logging_steps=t.logging_steps,
-        logging_first_step=True, save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-        seed=t.seed, data_seed=t.seed, use_cpu=cpu_only(), bf16=precision == "bf16", fp16=precision == "fp16", report_to=[],
-        dataloader_num_workers=t.num_workers,
-    )
+    report_to, callbacks = tracking(recipe, run_dir)
+    kwargs = training_kwargs(recipe, run_dir / "checkpoints", choose_precision(t.precision, t.objective), report_to, has_eval=False)
+    return cls(**kwargs | {"train_sampling_strategy": "random"}, batch_sampler=BatchSamplers.NO_DUPLICATES), callbacks
 
 
 def train_retriever(recipe: Recipe, run_dir: Path, *, resume: bool = False, callbacks: list[TrainerCallback] | None = None) -> Path:
@@ -205,16 +202,17 @@ def train_retriever(recipe: Recipe, run_dir: Path, *, resume: bool = False, call
             dataset = datasets.Dataset.from_dict({"query": columns["anchor"], "passage": columns["positive"], "negative": columns["negative"]})
             loss = (ce_losses.CachedMultipleNegativesRankingLoss(model, num_negatives=cfg.negatives, mini_batch_size=cfg.mini_batch_size)
                     if cfg.loss == "cached_mnrl" else ce_losses.MultipleNegativesRankingLoss(model, num_negatives=cfg.negatives))
-        trainer = RerankerTrainer(model=model, args=_arguments(recipe, run_dir, CrossEncoderTrainingArguments), train_dataset=dataset,
-                                  loss=loss, callbacks=callbacks)
+        args, tracked = _arguments(recipe, run_dir, CrossEncoderTrainingArguments)
+        trainer = RerankerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[*(callbacks or []), *tracked])
     else:
         model = SentenceTransformer(str(folder), device=device)
         model.max_seq_length = cfg.max_seq_length
         before = _mrr_at_10(model, *eval_set) if eval_set else None
         loss = (losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size) if cfg.loss == "cached_mnrl"
                 else losses.MultipleNegativesRankingLoss(model))
-        trainer = EmbedderTrainer(model=model, args=_arguments(recipe, run_dir, SentenceTransformerTrainingArguments),
-                                  train_dataset=datasets.Dataset.from_dict(columns), loss=loss, callbacks=callbacks)
+        args, tracked = _arguments(recipe, run_dir, SentenceTransformerTrainingArguments)
+        trainer = EmbedderTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_dict(columns), loss=loss,
+                                  callbacks=[*(callbacks or []), *tracked])
     result = fit(trainer, resume=resume)
 
     model_dir = run_dir / "model"
