@@ -590,6 +590,21 @@ def test_files_with_nothing_to_clean_keep_their_bytes(tmp_path):
     (src / "m.jsonl").write_bytes(b'{"a": 1}\r\n{"mt_model": "/home/ana/m"}\r\n\n')
     clean_records(src / "m.jsonl", dst / "m.jsonl", [])
     assert (dst / "m.jsonl").read_bytes() == b'{"a": 1}\r\n{"mt_model": "m"}\r\n\n'
+    # A JSON string may hold U+2028 unescaped (json.dumps with ensure_ascii=False writes it so): one record, not two.
+    (src / "u.jsonl").write_bytes('{"answer": "a\u2028b", "mt_model": "/home/ana/m"}\n'.encode())
+    clean_records(src / "u.jsonl", dst / "u.jsonl", [])
+    assert (dst / "u.jsonl").read_bytes() == '{"answer": "a\u2028b", "mt_model": "m"}\n'.encode()
     (src / "n.md").write_bytes(b"at /home/ana/x\r\nok\r\n")
     clean_file(src / "n.md", dst / "n.md", [])
     assert (dst / "n.md").read_bytes() == b"at x\r\nok\r\n"
+
+
+def test_a_record_holding_u2028_is_read_and_published_whole(made, tmp_path):
+    rows = [json.loads(line) for line in made["translated"].read_text(encoding="utf-8").split("\n") if line.strip()]
+    rows[0]["answer"] += "\u2028más"  # json.dumps(ensure_ascii=False) leaves U+2028 unescaped
+    data = tmp_path / made["translated"].name
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    push(data, "ana/x", dry_run=tmp_path / "dry")
+    [published] = (tmp_path / "dry").rglob("*.jsonl")
+    lines = [line for line in published.read_text(encoding="utf-8").split("\n") if line]
+    assert len(lines) == len(rows) and json.loads(lines[0])["answer"] == rows[0]["answer"]  # one record, its text kept

@@ -192,7 +192,9 @@ def _dataset(path: Path) -> DatasetArtifact:
     except (OSError, UnicodeDecodeError) as err:
         raise PushError(f"{path}: unreadable as UTF-8 text ({err})") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Split on "\n" only, as the data loaders do (tabular.jsonl_objects): str.splitlines() also splits on U+2028,
+    # which a JSON string may hold unescaped.
+    for number, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 row = json.loads(line)

@@ -149,15 +149,15 @@ def _clean_lines(text: str, clean) -> str:
     """JSONL text with each record cleaned; a line with nothing to clean, a blank line and every line ending
     stay as they are."""
     out = []
-    for line in text.splitlines(keepends=True):
-        body = line.rstrip("\r\n")
+    for line in text.split("\n"):  # not splitlines(): it also splits on U+2028, which a JSON string may hold
+        body = line.rstrip("\r")
         if body.strip():
             value = json.loads(body)
             cleaned = clean(value)
             if cleaned != value:
                 line = json.dumps(cleaned, ensure_ascii=False) + line[len(body):]
         out.append(line)
-    return "".join(out)
+    return "\n".join(out)
 
 
 def clean_records(src: Path, dst: Path, secrets: list[str]) -> None:
