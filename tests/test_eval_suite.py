@@ -105,7 +105,9 @@ def test_compare_pairs_items_and_flags_significance(tiny_llama, data_dir, tmp_pa
     for run, right in ((a, False), (b, True)):
         items = run / "items" / "headqa_en.jsonl"
         rows = [json.loads(line) for line in items.read_text().splitlines()]
-        items.write_text("".join(json.dumps(r | {"pred": r["gold"] if right else "Z"}) + "\n" for r in rows))
+        # as `medtune eval` writes them (ensure_ascii=False), with text holding U+2028, which splitlines() would cut
+        items.write_text("".join(json.dumps(r | {"pred": r["gold"] if right else "Z", "note": "a\u2028b"}, ensure_ascii=False) + "\n"
+                                 for r in rows), encoding="utf-8")
         report = json.loads((run / "report.json").read_text())
         report["tasks"]["headqa_en"]["metrics"]["accuracy"]["value"] = float(right)
         (run / "report.json").write_text(json.dumps(report))

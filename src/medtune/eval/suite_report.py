@@ -112,7 +112,8 @@ def _correct(directory: Path, task: str) -> dict[str, bool]:
     file = directory / "items" / f"{task}.jsonl"
     if not file.is_file():
         return {}
-    rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    # "\n" only: items are written with ensure_ascii=False, and str.splitlines() would also cut at a U+2028 in their text
+    rows = [json.loads(line) for line in file.read_text(encoding="utf-8").split("\n") if line.strip()]
     return {r["id"]: r["pred"] == r["gold"] for r in rows if "gold" in r}
 
 
