@@ -38,24 +38,34 @@ def test_consumer_rewrites_are_seeded_distinct_and_keep_the_question():
     assert any(" also " in t or " and " in t for t in texts)  # a second question joins some
 
 
-def test_hard_negatives_come_from_another_focus():
+def test_hard_negatives_come_from_another_focus_then_from_other_questions_of_the_same_focus():
     from medtune.rag.embedder import resolve_folder
     from medtune.rag.finetune import _first_passages, _hard_negatives
 
-    records = _records()
+    records = _records() + [QARecord(question="What are hiccups?", answer="Hiccups are sudden contractions of the diaphragm.",
+                                     id="h1", focus="hiccups", qtype="information")]  # a focus with one question
     texts = _first_passages(records)
-    focus_of = {t: r.focus for r, t in zip(records, texts)}
-    negatives, fallbacks = _hard_negatives(records, texts, resolve_folder(EMBEDDER)[1], 128)
-    assert len(negatives) == len(records) and fallbacks == 0
-    assert all(focus_of[n] != r.focus for r, n in zip(records, negatives))
+    record_of = {t: r for r, t in zip(records, texts)}
+    negatives, report = _hard_negatives(records, texts, resolve_folder(EMBEDDER)[1], 128, focus_negatives=1)
+    assert len(negatives) == len(records) and report["hard_negative_fallbacks"] == 0
+    assert all(len(n) == 2 for n in negatives)
+    assert all(record_of[n[0]].focus != r.focus for r, n in zip(records, negatives))
+    questions_per_focus = {f: len({r.question.lower() for r in records if r.focus == f}) for f in {r.focus for r in records}}
+    for r, (_, same) in zip(records, negatives):
+        if questions_per_focus[r.focus] > 1:  # another question of the disease: its answer is the second negative
+            assert record_of[same].focus == r.focus and record_of[same].question.lower() != r.question.lower()
+        else:  # none: a passage of another focus fills in, and is counted
+            assert record_of[same].focus != r.focus
+    assert report["focus_negative_fallbacks"] == sum(questions_per_focus[r.focus] == 1 for r in records) == 1
 
 
-def _train(qa_jsonl: Path, tmp: Path, objective: str, steps: int, rewrites: int, save_steps: int) -> tuple[Path, subprocess.CompletedProcess]:
+def _train(qa_jsonl: Path, tmp: Path, objective: str, steps: int, rewrites: int, save_steps: int,
+           **retriever) -> tuple[Path, subprocess.CompletedProcess]:
     """`medtune train` of a tiny retrieval recipe on the fixture QA file; (run directory, the finished process)."""
     recipe = {
         "name": objective, "model": EMBEDDER,  # a re-ranker starts from the bi-encoder's encoder, with a new head
         "data": {"sources": [{"loader": "jsonl", "path": str(qa_jsonl)}], "split": {"validation": 0.2, "test": 0.2, "group_by": "focus", "seed": 0}},
-        "train": {"objective": objective, "retriever": {"rewrites": rewrites}, "max_steps": steps, "batch_size": 8, "learning_rate": 5e-5,
+        "train": {"objective": objective, "retriever": {"rewrites": rewrites, **retriever}, "max_steps": steps, "batch_size": 8, "learning_rate": 5e-5,
                   "logging_steps": 1, "save_steps": save_steps},
         "tracking": {"backend": "none"}, "output_dir": str(tmp / "runs"),
     }
@@ -109,12 +119,14 @@ def test_the_run_directory_is_an_embedder_for_index_build(embedder_run, tmp_path
 def test_reranker_run_trains_a_cross_encoder_that_retrieval_uses(qa_jsonl, tmp_path):
     from sentence_transformers import CrossEncoder
 
-    run_dir, _ = _train(qa_jsonl, tmp_path, "reranker", steps=2, rewrites=0, save_steps=100)
+    # Cut to 2 of the encoder's 6 layers (a faster re-ranker), with a same-focus negative per question.
+    run_dir, _ = _train(qa_jsonl, tmp_path, "reranker", steps=2, rewrites=0, save_steps=100, layers=2, focus_negatives=1)
     report = json.loads((run_dir / "report.json").read_text())
     assert report["train"]["objective"] == "reranker" and report["train"]["global_step"] == 2 and report["train"]["loss"] == "mnrl"
-    assert report["data"]["pairs"] == {"questions": 24, "rewrites": 0, "hard_negative_fallbacks": 0}
+    assert report["data"]["pairs"] == {"questions": 24, "rewrites": 0, "hard_negative_fallbacks": 0, "focus_negative_fallbacks": 0}
     assert "re-ranked" in report["eval"]["about"] and 0 < report["eval"]["metrics"]["mrr@10"] <= 1
     model = CrossEncoder(str(run_dir / "model"), device="cpu")
+    assert model.model.config.num_hidden_layers == len(model.model.base_model.encoder.layer) == 2
     scores = model.predict([("What causes gout ?", "gout is caused by uric acid"), ("What causes gout ?", "asthma narrows airways")])
     assert scores.shape == (2,)
 
@@ -160,3 +172,20 @@ def test_retriever_runs_take_the_shared_training_settings(tmp_path):
     assert args.gradient_accumulation_steps == 4 and args.save_total_limit == 3 and args.run_name == "retriever-medquad"
     assert args.batch_sampler == BatchSamplers.NO_DUPLICATES and args.train_sampling_strategy == "random"
     assert [type(c).__name__ for c in callbacks] == ["TensorBoardCallback"] and args.output_dir == str(tmp_path / "checkpoints")
+
+
+def test_layers_keeps_the_first_layers_and_refuses_as_many_as_the_model_has():
+    from sentence_transformers import SentenceTransformer
+
+    from medtune.rag.embedder import resolve_folder
+    from medtune.rag.finetune import _keep_layers
+    from medtune.recipe import RecipeError
+
+    model = SentenceTransformer(str(resolve_folder(EMBEDDER)[1]), device="cpu")
+    bert = model[0].auto_model
+    third = bert.encoder.layer[2]
+    with pytest.raises(RecipeError, match=r"train.retriever.layers: 6, but .* has 6 layers"):
+        _keep_layers(bert, 6, EMBEDDER)
+    _keep_layers(bert, 3, EMBEDDER)
+    assert len(bert.encoder.layer) == bert.config.num_hidden_layers == 3 and bert.encoder.layer[2] is third
+    assert model.encode(["What causes gout?"]).shape == (1, 384)

@@ -97,6 +97,11 @@ class RetrieverConfig(_Strict):
     negatives: int = Field(4, ge=0, description="reranker, mnrl: other passages of the batch scored per question, besides "
                                                 "the hard negative")
     hard_negatives: bool = Field(True, description="add, per pair, the best-ranked passage of another focus (mined with a medtune index)")
+    focus_negatives: int = Field(0, ge=0, description="add, per pair, up to this many best-ranked passages of the same focus "
+                                                      "that answer another question (a re-ranker learns which of a disease's "
+                                                      "passages answers: the symptoms, not the causes)")
+    layers: int | None = Field(None, gt=0, description="keep only the first N transformer layers of the starting model: a "
+                                                        "shallower, faster model (a re-ranker scores 20 pairs per query)")
     rewrites: int = Field(2, ge=0, description="consumer-style rewrites of each question (narrative, typos, lower case, a second question) as extra anchors")
     max_seq_length: int = Field(128, gt=0, description="tokens per text (embedding: the index embeds passages with the same "
                                                        "limit); reranker: per question + passage pair")

@@ -69,11 +69,23 @@ class RerankerTrainer(CrossEncoderTrainer):
     train_tokens = 0
 
     def training_step(self, model, inputs, *args, **kwargs):
-        for column in ("passage", "negative"):
-            if column in inputs:
+        for column in inputs:
+            if column == "passage" or "negative" in column:
                 pair = self.model.tokenizer(inputs["query"], inputs[column], truncation=True, max_length=self.model.max_length)
                 self.train_tokens += sum(map(len, pair["input_ids"]))
         return super().training_step(model, inputs, *args, **kwargs)
+
+
+def _keep_layers(transformer, n: int, ref: str) -> None:
+    """Cut a BERT-style encoder (`encoder.layer`) to its first `n` layers, in place; the saved config says so."""
+    base = transformer.base_model
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if layers is None:
+        raise RecipeError(f"train.retriever.layers: {ref} has no encoder.layer list to cut (BERT-style encoders only)")
+    if n >= len(layers):
+        raise RecipeError(f"train.retriever.layers: {n}, but {ref} has {len(layers)} layers; give fewer, or none to keep all")
+    base.encoder.layer = layers[:n]
+    base.config.num_hidden_layers = transformer.config.num_hidden_layers = n
 
 
 def _first_passages(records: list[QARecord]) -> list[str]:
@@ -86,9 +98,12 @@ def _first_passages(records: list[QARecord]) -> list[str]:
     return [first[i] for i in range(len(records))]
 
 
-def _hard_negatives(records: list[QARecord], texts: list[str], model_folder: Path, max_seq_length: int) -> tuple[list[str], int]:
+def _hard_negatives(records: list[QARecord], texts: list[str], model_folder: Path, max_seq_length: int,
+                    focus_negatives: int = 0) -> tuple[list[list[str]], dict]:
     """Per record, the best-ranked passage of another focus for its question (hybrid search in a temporary
-    medtune index of `texts`); records without a focus take the best passage that is not their own."""
+    medtune index of `texts`), then `focus_negatives` passages of its own focus that answer another question,
+    best-ranked first. Records without a focus take the best passage that is not their own; where a focus has
+    too few other questions, passages of other foci fill in (counted)."""
     from medtune.data.passages import Passage
     from medtune.rag.index import build_index, load_index
     from medtune.rag.retrieve import Retriever
@@ -97,17 +112,32 @@ def _hard_negatives(records: list[QARecord], texts: list[str], model_folder: Pat
         passages = [Passage(id=str(i), text=t, title=r.focus, lang=r.language) for i, (r, t) in enumerate(zip(records, texts))]
         index = load_index(build_index(passages, Path(tmp) / "index", embedder=str(model_folder), max_seq_length=max_seq_length))
         hits = Retriever(index).search_batch([r.question for r in records], k=20)
-    negatives, missing = [], 0
+    by_focus: dict[str, list[int]] = {}
+    for j, r in enumerate(records):
+        by_focus.setdefault(r.focus, []).append(j)
     rng = np.random.default_rng(0)
+    negatives, report = [], {"hard_negative_fallbacks": 0} | ({"focus_negative_fallbacks": 0} if focus_negatives else {})
     for i, (r, found) in enumerate(zip(records, hits)):
-        other = next((h for h in found if h.id != str(i) and (not r.focus or h.title != r.focus)), None)
-        if other is None:  # every top-20 hit shares the focus: any passage of another focus
-            missing += 1
+        ranked = [int(h.id) for h in found if h.id != str(i) and texts[int(h.id)] != texts[i]]
+        other = [j for j in ranked if not r.focus or records[j].focus != r.focus]
+        if not other:  # every top-20 hit shares the focus: any passage of another focus
+            report["hard_negative_fallbacks"] += 1
             pool = [j for j, o in enumerate(records) if j != i and (not r.focus or o.focus != r.focus)] or [j for j in range(len(records)) if j != i]
-            negatives.append(texts[int(rng.choice(pool))])
-        else:
-            negatives.append(other.text)
-    return negatives, missing
+            other = [int(rng.choice(pool))]
+        chosen = [other[0]]
+        if focus_negatives:
+            # Another question of the same focus: not the same question stored twice (MedQuAD repeats some across collections).
+            asks_other = {j for j in by_focus.get(r.focus, []) if r.focus and j != i
+                          and records[j].question.strip().lower() != r.question.strip().lower() and texts[j] != texts[i]}
+            same = [j for j in ranked if j in asks_other]
+            same += [int(j) for j in rng.permutation(sorted(asks_other - set(same)))]
+            chosen += same[:focus_negatives]
+            missing = 1 + focus_negatives - len(chosen)
+            if missing:
+                report["focus_negative_fallbacks"] += 1
+                chosen += (other[1:] + [int(j) for j in rng.permutation(len(records)) if j != i and j not in chosen])[:missing]
+        negatives.append([texts[j] for j in chosen])
+    return negatives, report
 
 
 def _mrr_at_10(model, queries: list[str], relevant: list[int], corpus: list[str], reranker=None) -> float:
@@ -141,11 +171,12 @@ def _training_pairs(records: list[QARecord], cfg: RetrieverConfig, seed: int, fo
     columns = {"anchor": anchors, "positive": [positives[i] for i in targets]}
     report = {"questions": len(records), "rewrites": len(anchors) - len(records)}
     if cfg.hard_negatives:
-        negatives, fallback = _hard_negatives(records, positives, folder, cfg.max_seq_length)
-        columns["negative"] = [negatives[i] for i in targets]
-        report["hard_negative_fallbacks"] = fallback  # no other-focus passage in the top 20: a random one
+        negatives, mined = _hard_negatives(records, positives, folder, cfg.max_seq_length, cfg.focus_negatives)
+        for n in range(1 + cfg.focus_negatives):
+            columns["negative" if n == 0 else f"focus_negative_{n}"] = [negatives[i][n] for i in targets]
+        report |= mined  # fallbacks: no other-focus passage in the top 20 (a random one); too few questions of the same focus
     log.info("pairs: %d questions + %d consumer-style rewrites%s", len(records), report["rewrites"],
-             ", each with a hard negative" if cfg.hard_negatives else "")
+             f", each with {1 + cfg.focus_negatives} hard negative(s)" if cfg.hard_negatives else "")
     return columns, report
 
 
@@ -191,15 +222,20 @@ def train_retriever(recipe: Recipe, run_dir: Path, *, resume: bool = False, call
             model = CrossEncoder(str(folder), num_labels=1, max_length=cfg.max_seq_length, device=device)
         if new_head:
             log.info("re-ranker: %s's encoder with a new scoring head", model_id)
+        if cfg.layers:
+            _keep_layers(model.model, cfg.layers, model_id)
         first_stage = SentenceTransformer(str(miner), device=device)
         before = _mrr_at_10(first_stage, *eval_set) if eval_set else None
+        negative_columns = [c for c in columns if "negative" in c]  # the recipe requires hard negatives for a re-ranker
         if cfg.loss == "bce":
-            n = len(columns["anchor"])  # the recipe requires hard negatives for a re-ranker: every anchor has one
-            dataset = datasets.Dataset.from_dict({"query": columns["anchor"] * 2, "passage": columns["positive"] + columns["negative"],
-                                                  "label": [1.0] * n + [0.0] * n})
+            n = len(columns["anchor"])
+            dataset = datasets.Dataset.from_dict({"query": columns["anchor"] * (1 + len(negative_columns)),
+                                                  "passage": columns["positive"] + [t for c in negative_columns for t in columns[c]],
+                                                  "label": [1.0] * n + [0.0] * n * len(negative_columns)})
             loss = ce_losses.BinaryCrossEntropyLoss(model)
-        else:  # per question, a softmax over its passage, its hard negative and `negatives` passages of the batch
-            dataset = datasets.Dataset.from_dict({"query": columns["anchor"], "passage": columns["positive"], "negative": columns["negative"]})
+        else:  # per question, a softmax over its passage, its hard negatives and `negatives` passages of the batch
+            dataset = datasets.Dataset.from_dict({"query": columns["anchor"], "passage": columns["positive"]}
+                                                 | {c: columns[c] for c in negative_columns})
             loss = (ce_losses.CachedMultipleNegativesRankingLoss(model, num_negatives=cfg.negatives, mini_batch_size=cfg.mini_batch_size)
                     if cfg.loss == "cached_mnrl" else ce_losses.MultipleNegativesRankingLoss(model, num_negatives=cfg.negatives))
         args, tracked = _arguments(recipe, run_dir, CrossEncoderTrainingArguments)
@@ -207,6 +243,8 @@ def train_retriever(recipe: Recipe, run_dir: Path, *, resume: bool = False, call
     else:
         model = SentenceTransformer(str(folder), device=device)
         model.max_seq_length = cfg.max_seq_length
+        if cfg.layers:
+            _keep_layers(model[0].auto_model, cfg.layers, model_id)
         before = _mrr_at_10(model, *eval_set) if eval_set else None
         loss = (losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size) if cfg.loss == "cached_mnrl"
                 else losses.MultipleNegativesRankingLoss(model))
