@@ -329,9 +329,11 @@ def test_llama_server_stops_with_medtune(llama_app):
     assert not _running(pid)  # the app's shutdown stopped it
 
 
-def test_ask_and_eval_on_the_llama_cpp_engine(tmp_path, capsys):
-    """`--engine llama.cpp` answers through llama-server; eval's perplexity still comes from transformers."""
+def test_ask_and_eval_on_the_llama_cpp_engine(tmp_path, capsys, monkeypatch):
+    """`--engine llama.cpp` answers through llama-server; eval's perplexity still comes from transformers; one
+    llama-server answers every generation task of an eval."""
     llama_server_or_skip()
+    import medtune.engines as engines
     from medtune import DEFAULT_MODEL
     from medtune.cli import main
 
@@ -342,11 +344,20 @@ def test_ask_and_eval_on_the_llama_cpp_engine(tmp_path, capsys):
     medquad = Path(__file__).resolve().parents[2] / "shared" / "data"
     if not (medquad / "medquad").is_dir():
         pytest.skip("no ../shared/data/medquad")
-    main(["eval", DEFAULT_MODEL, "--tasks", "medquad", "--limit", "4", "--data-dir", str(medquad), "--out", str(tmp_path / "ev"),
-          "--engine", "llama.cpp"])
+    medtext = tmp_path / "medtext.csv"  # MedText's published columns; the task scores the held-out 5%
+    medtext.write_text("Prompt,Completion\n" + "".join(f'"A {20 + i}-year-old with {c}, what now?","See a doctor about the {c}."\n'
+                                                        for i in range(40) for c in ("a rash", "a cough")))
+    made = []
+    real_make = engines.make_engine
+    monkeypatch.setattr(engines, "make_engine", lambda *a, **k: made.append(a) or real_make(*a, **k))
+    main(["eval", DEFAULT_MODEL, "--tasks", f"medquad,medtext={medtext}", "--limit", "4", "--data-dir", str(medquad),
+          "--out", str(tmp_path / "ev"), "--engine", "llama.cpp"])
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     task = report["tasks"]["medquad"]
-    assert report["settings"]["engine"] == "llama.cpp" and task["n"] == 4
+    assert report["settings"]["engine"] == "llama.cpp" and task["n"] == 4 and report["tasks"]["medtext"]["n"] == 4
+    assert len(made) == 1  # both tasks' questions went to one llama-server
+    answered = [json.loads(line) for line in (tmp_path / "ev" / "items" / "medtext.jsonl").read_text().splitlines()]
+    assert len(answered) == 4 and all(p["prediction"] for p in answered)
     assert task["metrics"]["rougeL"] > 0 and task["metrics"]["perplexity"] > 1
     predictions = [json.loads(line) for line in (tmp_path / "ev" / "items" / "medquad.jsonl").read_text().splitlines()]
     assert len(predictions) == 4 and all(p["prediction"] for p in predictions)

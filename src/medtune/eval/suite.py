@@ -67,13 +67,17 @@ def evaluate(
     out_dir = Path(out_dir) if out_dir else Path("evals") / f"{Path(str(model_ref)).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     (out_dir / "items").mkdir(parents=True, exist_ok=True)
     results = {}
+    answers = None
+    if engine and engine.kind != "transformers":  # one engine (one llama-server) answers every generation task's questions
+        asked = [r.question for task, data in loaded if task.kind == "generation"
+                 for r in _generation_items(data, limit or max_generations, seed)]
+        answers = _engine_answers(model_ref, engine, predictor, asked) if asked else None
     for task, data in loaded:
         log.info("%s: %d items, %d skipped (%s)", task.name, len(data.items), len(data.skipped), data.note)
         if task.kind == "choice":
             scorer = OptionScorer(predictor.model, predictor.tokenizer, batch_tokens=batch_tokens)
             result, rows = run_choice_task(task, data, scorer, num_fewshot=num_fewshot, limit=limit, prompt_language=prompt_language, seed=seed)
         else:
-            answers = _engine_answers(model_ref, engine, predictor) if engine and engine.kind != "transformers" else None
             result, rows = run_generation_task(task, data, predictor, limit=limit or max_generations, batch_tokens=batch_tokens,
                                                seed=seed, answers=answers)
         write_atomic(out_dir / "items" / f"{task.name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -119,28 +123,33 @@ def run_choice_task(task: Task, data: TaskData, scorer: OptionScorer, *, num_few
     return result, rows
 
 
-def _engine_answers(model_ref, engine: EngineConfig, predictor: Predictor):
-    """Questions → answers from `engine`, in the run's prompt format (its template; the engine adds the
-    run's system prompt), greedy and as long as the transformers path's (EvalConfig's generation)."""
+def _engine_answers(model_ref, engine: EngineConfig, predictor: Predictor, questions: list[str]):
+    """`questions` answered by `engine` in one go, in the run's prompt format (its template; the engine adds
+    the run's system prompt), greedy and as long as the transformers path's (EvalConfig's generation);
+    returns a lookup from questions to their answers."""
     from medtune.engines import generate_all, make_engine
     from medtune.prompts import render_prompt
 
-    def answers(questions: list[str]) -> list[str]:
-        generation = EvalConfig().generation
-        conversations = [[{"role": "user", "content": render_prompt(predictor.template, q)}] for q in questions]
-        return generate_all(make_engine(str(model_ref), engine, generation), conversations,
-                            max_tokens=generation.max_new_tokens, concurrency=engine.parallel, desc=f"generate ({engine.kind})")
+    unique = list(dict.fromkeys(questions))
+    generation = EvalConfig().generation
+    conversations = [[{"role": "user", "content": render_prompt(predictor.template, q)}] for q in unique]
+    table = dict(zip(unique, generate_all(make_engine(str(model_ref), engine, generation), conversations,
+                                          max_tokens=generation.max_new_tokens, concurrency=engine.parallel,
+                                          desc=f"generate ({engine.kind})")))
+    return lambda asked: [table[q] for q in asked]
 
-    return answers
+
+def _generation_items(data: TaskData, limit: int, seed: int) -> list:
+    """The answered items a generation task scores: at most `limit`, a fixed random sample (files keep their topic order)."""
+    items = [r for r in data.items if r.answered]
+    return random.Random(seed).sample(items, limit) if len(items) > limit else items
 
 
 def run_generation_task(task: Task, data: TaskData, predictor: Predictor, *, limit: int, batch_tokens: int = 4096, seed: int = 0,
                         answers=None) -> tuple[dict, list[dict]]:
     """Generated answers scored with ROUGE/BLEU/chrF (language-aware), and answer perplexity:
     the log-likelihood of each reference answer (with its end-of-turn token) after the prompt."""
-    items = [r for r in data.items if r.answered]
-    if len(items) > limit:
-        items = random.Random(seed).sample(items, limit)  # a fixed random sample: files keep their topic order
+    items = _generation_items(data, limit, seed)
     generated = evaluate_generation(predictor, to_dataset(items), EvalConfig(max_samples=None, metrics=["rouge", "bleu", "chrf"]),
                                     split="test", answers=answers)
     scorer = OptionScorer(predictor.model, predictor.tokenizer, batch_tokens=batch_tokens)
