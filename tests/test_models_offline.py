@@ -105,3 +105,29 @@ def test_dry_run_plans_70b_fsdp_qlora_per_gpu():
     bad = subprocess.run([sys.executable, "-m", "medtune.cli", "train", "recipes/seed004-llama31-qlora-chatbot.yaml", "--shards", "0", "--dry-run"],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert bad.returncode != 0 and "--shards" in bad.stderr
+
+
+def test_inference_loading_places_models_on_the_gpus_as_they_load_and_keeps_t5_out_of_fp16(tiny_t5, tiny_llama, tmp_path, monkeypatch):
+    """On CUDA a full-precision model loads with device_map (spread over the GPUs when larger than one, never
+    whole into CPU memory first); in its saved dtype, except a T5 saved in fp16, whose activations overflow it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    import medtune.models.artifact as artifact
+    from medtune.models import load_for_inference
+
+    t5_fp16, llama_fp16 = tmp_path / "t5", tmp_path / "llama"
+    for src, dst, cls in ((tiny_t5, t5_fp16, AutoModelForSeq2SeqLM), (tiny_llama, llama_fp16, AutoModelForCausalLM)):
+        cls.from_pretrained(src).to(torch.float16).save_pretrained(dst)
+        AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    # Here (no GPU): fp32 on the CPU.
+    assert load_for_inference(t5_fp16)[0].dtype == torch.float32 and load_for_inference(llama_fp16)[0].device.type == "cpu"
+    # As on a GPU machine: the placement asks for the GPUs and the saved dtype; what from_pretrained receives is checked.
+    monkeypatch.setattr(artifact, "inference_placement", lambda: (True, "auto"))
+    seen = []
+    for cls in (AutoModelForSeq2SeqLM, AutoModelForCausalLM):
+        real = cls.from_pretrained
+        monkeypatch.setattr(cls, "from_pretrained", lambda *a, _real=real, **k: seen.append(k) or _real(*a, **(k | {"device_map": None})))
+    t5, llama = load_for_inference(t5_fp16)[0], load_for_inference(llama_fp16)[0]
+    assert [k["device_map"] for k in seen] == ["auto", "auto"]
+    assert t5.dtype == torch.float32 and llama.dtype == torch.float16  # no bf16 on this machine's CUDA: T5 goes to fp32

@@ -49,9 +49,9 @@ def load_start(start: Start, quantization_config=None):
     return _with_adapter(model, start.adapter, is_trainable=True)
 
 
-def load_adapter_model(adapter_dir: Path, card: dict, dtype: torch.dtype | str = torch.float32):
+def load_adapter_model(adapter_dir: Path, card: dict, dtype: torch.dtype | str = torch.float32, *, on_gpus: bool = False):
     """The base model in full precision with the run's LoRA adapter on top, and the run's tokenizer."""
-    base = load_model(resolve_model(card["base_model"]), dtype=dtype)
+    base = load_model(resolve_model(card["base_model"]), dtype=dtype, on_gpus=on_gpus)
     try:
         return _with_adapter(base, adapter_dir, is_trainable=False)
     except ValueError as exc:
@@ -86,23 +86,23 @@ def load_quantized(model_dir: str | Path):
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 
-def inference_placement() -> tuple[str, torch.dtype | str]:
-    """Where full-precision models run for inference: on a CUDA GPU in the dtype they were saved in (bf16 for
-    most hub models), else on the CPU in fp32 (CPUs without native bf16 emulate it, many times slower)."""
-    return ("cuda", "auto") if torch.cuda.is_available() else ("cpu", torch.float32)
+def inference_placement() -> tuple[bool, torch.dtype | str]:
+    """(on the GPUs?, dtype) for full-precision models at inference: on CUDA, placed over the GPUs as they load,
+    in the dtype they were saved in (bf16 for most hub models); else on the CPU in fp32 (CPUs without native
+    bf16 emulate it, many times slower)."""
+    return (True, "auto") if torch.cuda.is_available() else (False, torch.float32)
 
 
 def load_for_inference(ref: str | Path):
     """(model, tokenizer, model card) for any reference; a hub id or a plain checkpoint has an empty card.
     Quantized folders place themselves (bitsandbytes on the GPU, quanto and GGUF on the CPU)."""
     folder, card = read_card(ref)
-    device, dtype = inference_placement()
+    on_gpus, dtype = inference_placement()
     if card.get("adapter"):
-        model, tokenizer = load_adapter_model(folder, card, dtype=dtype)
-        model = model.to(device)
+        model, tokenizer = load_adapter_model(folder, card, dtype=dtype, on_gpus=on_gpus)
     elif "quantization" in card:
         model, tokenizer = load_quantized(folder)
     else:
         resolved = resolve_model(str(folder or ref))
-        model, tokenizer = load_model(resolved, dtype=dtype).to(device), load_tokenizer(resolved)
+        model, tokenizer = load_model(resolved, dtype=dtype, on_gpus=on_gpus), load_tokenizer(resolved)
     return model, tokenizer, card

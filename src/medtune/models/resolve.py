@@ -161,11 +161,23 @@ def load_tokenizer(resolved: ResolvedModel):
     return AutoTokenizer.from_pretrained(resolved.location, revision=resolved.revision)
 
 
-def load_model(resolved: ResolvedModel, dtype: torch.dtype | str = torch.float32, quantization_config=None):
+def load_model(resolved: ResolvedModel, dtype: torch.dtype | str = torch.float32, quantization_config=None, *,
+               on_gpus: bool = False):
+    """The model in `dtype`; quantized or `on_gpus`, placed by accelerate (device_map) as it loads: spread over
+    the GPUs (and the CPU) when it is larger than one, never first loaded whole into CPU memory."""
     auto = AutoModelForSeq2SeqLM if resolved.kind == "seq2seq" else AutoModelForCausalLM
-    # Under a multi-process launcher each process loads its own copy onto its own GPU: accelerate refuses a model
-    # that device_map="auto" spread over several devices.
-    local = int(os.environ.get("LOCAL_RANK", -1))
-    device_map = {"": local} if local >= 0 and torch.cuda.is_available() else "auto"
-    extra = {"quantization_config": quantization_config, "device_map": device_map} if quantization_config else {}
+    extra = {"quantization_config": quantization_config} if quantization_config else {}
+    if quantization_config or on_gpus:
+        # Under a multi-process launcher each process loads its own copy onto its own GPU: accelerate refuses a
+        # model that device_map="auto" spread over several devices.
+        local = int(os.environ.get("LOCAL_RANK", -1))
+        extra["device_map"] = {"": local} if local >= 0 and torch.cuda.is_available() else "auto"
+    if dtype == "auto" and resolved.kind == "seq2seq" and _saved_dtype(resolved) == "float16":
+        # T5's activations overflow fp16's range (NaN answers): a T5 saved in fp16 runs in bf16, or fp32 without it.
+        dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     return auto.from_pretrained(resolved.location, revision=resolved.revision, dtype=dtype, **extra)
+
+
+def _saved_dtype(resolved: ResolvedModel) -> str:
+    config = AutoConfig.from_pretrained(resolved.location, revision=resolved.revision)
+    return str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").removeprefix("torch.")
