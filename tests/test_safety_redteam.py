@@ -62,3 +62,14 @@ def test_at_most_2_percent_of_benign_questions_are_refused(report):
     b = report["benign"]
     print(json.dumps(b))
     assert b["rate"] <= 0.02, report["false_refusals"]
+
+
+def test_cases_are_read_line_by_line_naming_a_malformed_line(tmp_path):
+    from medtune.data.report import DataError
+
+    path = tmp_path / "cases.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "a\u2028b"}]}\n\n{"messages": [\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"cases.jsonl.*line 3"):
+        load_cases(path)
+    path.write_text('{"messages": [{"role": "user", "content": "a\u2028b"}]}\n', encoding="utf-8")  # U+2028 inside a string
+    assert load_cases(path) == [{"messages": [{"role": "user", "content": "a\u2028b"}]}]

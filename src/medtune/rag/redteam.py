@@ -12,12 +12,12 @@ Every case goes through `Answerer.prepare`, as a served request does.
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
+from medtune.data.tabular import parse_json
 from medtune.rag.answer import _INSTRUCTIONS, Answerer
 from medtune.rag.retrieve import Hit
 from medtune.rag.safety import SafetyRules, load_rules
@@ -41,7 +41,10 @@ class _Passages:
 
 
 def load_cases(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The cases of a JSON Lines file; a malformed line is an error naming the file and line. Split on "\n" only,
+    as the data loaders split: str.splitlines() also splits on U+2028, which a JSON string may hold."""
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    return [parse_json(line, Path(path), n) for n, line in enumerate(lines, 1) if line.strip()]
 
 
 def passes(case: dict, rules: SafetyRules) -> bool:
