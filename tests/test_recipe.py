@@ -147,3 +147,7 @@ def test_retriever_losses_fit_their_objective(recipe_dict):
         recipe_from_dict(recipe_dict)
     recipe_dict["train"]["objective"] = "reranker"
     assert recipe_from_dict(recipe_dict).train.retriever.loss == "bce"
+    # sentence-transformers' listwise loss samples its in-batch negatives: none is refused before any work
+    recipe_dict["train"]["retriever"] = {"loss": "mnrl", "negatives": 0}
+    with pytest.raises(RecipeError, match="train.retriever.negatives: Input should be greater than or equal to 1"):
+        recipe_from_dict(recipe_dict)

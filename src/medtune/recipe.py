@@ -94,8 +94,8 @@ class RetrieverConfig(_Strict):
                             "variant (large batches in little memory); reranker only: bce, binary cross-entropy on "
                             "(question, passage, relevant or not) rows")
     mini_batch_size: int = Field(16, gt=0, description="cached_mnrl: rows per forward pass")
-    negatives: int = Field(4, ge=0, description="reranker, mnrl: other passages of the batch scored per question, besides "
-                                                "the hard negative")
+    negatives: int = Field(4, ge=1, description="reranker, mnrl: other passages of the batch scored per question, besides "
+                                                "the hard negatives (at least 1: sentence-transformers' loss samples them)")
     hard_negatives: bool = Field(True, description="add, per pair, the best-ranked passage of another focus (mined with a medtune index)")
     focus_negatives: int = Field(0, ge=0, description="add, per pair, up to this many best-ranked passages of the same focus "
                                                       "that answer another question (a re-ranker learns which of a disease's "
