@@ -1,9 +1,10 @@
 """A cross-encoder re-ranker at query time: `predict(pairs) -> scores` for (question, passage) pairs.
 
-Backends as the embedder's: "torch" (sentence-transformers' CrossEncoder; the default), "onnx" (a float32
-export: the same scores, and no faster here) and "onnx-int8" (about twice as fast on 2 cores, but a
-re-ranker separates close candidates, and int8 weights changed its first pick on about a third of the
-queries: benchmarks/reranker_latency.py). The top 20 of a query are scored in one batch on the CPU.
+Backends as the embedder's: "onnx" (a float32 export, made once into medtune's cache; the default: the same
+scores as sentence-transformers' CrossEncoder, 1.06-1.2x faster on 2 cores), "torch" (CrossEncoder itself)
+and "onnx-int8" (about twice as fast, but a re-ranker separates close candidates, and int8 weights changed
+its first pick on a third of the queries: benchmarks/reranker_latency.py). The top 20 of a query are scored
+in one batch on the CPU.
 Scores are the model's relevance probability (a sigmoid over its single logit, as CrossEncoder.predict
 gives them).
 """
@@ -19,7 +20,7 @@ from medtune.rag.embedder import BACKENDS, is_bi_encoder, onnx_session, resolve_
 
 
 class Reranker:
-    def __init__(self, ref: str, backend: str = "torch"):
+    def __init__(self, ref: str, backend: str = "onnx"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown re-ranking backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         from sentence_transformers import CrossEncoder
@@ -59,7 +60,7 @@ class Reranker:
         return out
 
 
-def load_reranker(ref, backend: str = "torch"):
+def load_reranker(ref, backend: str = "onnx"):
     """A Reranker for a run directory of `train.objective: reranker`, a CrossEncoder folder or hub id; an object
     that already scores pairs (a Reranker, a test's stand-in) is kept."""
     return Reranker(str(ref), backend) if isinstance(ref, (str, os.PathLike)) else ref
