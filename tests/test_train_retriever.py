@@ -178,14 +178,16 @@ def test_layers_keeps_the_first_layers_and_refuses_as_many_as_the_model_has():
     from sentence_transformers import SentenceTransformer
 
     from medtune.rag.embedder import resolve_folder
-    from medtune.rag.finetune import _keep_layers
+    from medtune.rag.finetune import _check_layers, _keep_layers
     from medtune.recipe import RecipeError
 
-    model = SentenceTransformer(str(resolve_folder(EMBEDDER)[1]), device="cpu")
+    folder = resolve_folder(EMBEDDER)[1]
+    with pytest.raises(RecipeError, match=r"train.retriever.layers: 6, but .* has 6 layers"):
+        _check_layers(folder, 6, EMBEDDER)  # before any data is read
+    _check_layers(folder, 5, EMBEDDER)
+    model = SentenceTransformer(str(folder), device="cpu")
     bert = model[0].auto_model
     third = bert.encoder.layer[2]
-    with pytest.raises(RecipeError, match=r"train.retriever.layers: 6, but .* has 6 layers"):
-        _keep_layers(bert, 6, EMBEDDER)
     _keep_layers(bert, 3, EMBEDDER)
     assert len(bert.encoder.layer) == bert.config.num_hidden_layers == 3 and bert.encoder.layer[2] is third
     assert model.encode(["What causes gout?"]).shape == (1, 384)

@@ -34,7 +34,7 @@ from sentence_transformers import (CrossEncoder, CrossEncoderTrainer, CrossEncod
 from sentence_transformers.cross_encoder import losses as ce_losses
 from sentence_transformers.sentence_transformer import losses
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers
-from transformers import TrainerCallback
+from transformers import AutoConfig, TrainerCallback
 
 from medtune.data import prepare_data
 from medtune.data.rewrites import consumer_rewrites
@@ -76,14 +76,19 @@ class RerankerTrainer(CrossEncoderTrainer):
         return super().training_step(model, inputs, *args, **kwargs)
 
 
+def _check_layers(folder: Path, n: int, ref: str) -> None:
+    """train.retriever.layers against the starting model's depth, before any data is read or mined."""
+    depth = getattr(AutoConfig.from_pretrained(folder), "num_hidden_layers", None)
+    if depth is not None and n >= depth:
+        raise RecipeError(f"train.retriever.layers: {n}, but {ref} has {depth} layers; give fewer, or none to keep all")
+
+
 def _keep_layers(transformer, n: int, ref: str) -> None:
     """Cut a BERT-style encoder (`encoder.layer`) to its first `n` layers, in place; the saved config says so."""
     base = transformer.base_model
     layers = getattr(getattr(base, "encoder", None), "layer", None)
     if layers is None:
         raise RecipeError(f"train.retriever.layers: {ref} has no encoder.layer list to cut (BERT-style encoders only)")
-    if n >= len(layers):
-        raise RecipeError(f"train.retriever.layers: {n}, but {ref} has {len(layers)} layers; give fewer, or none to keep all")
     base.encoder.layer = layers[:n]
     base.config.num_hidden_layers = transformer.config.num_hidden_layers = n
 
@@ -198,6 +203,8 @@ def train_retriever(recipe: Recipe, run_dir: Path, *, resume: bool = False, call
         raise RecipeError(f"train.objective: {t.objective} trains in one process (a small model): launch it without torchrun/accelerate")
     model_id, folder = resolve_folder(recipe.model.name_or_path, what="re-ranking model" if reranker else "embedding model", flag="model")
     log.info("%s model: %s", t.objective, model_id)
+    if cfg.layers:
+        _check_layers(folder, cfg.layers, model_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "recipe.yaml", dump_recipe(recipe))
     data = prepare_data(recipe.data)
