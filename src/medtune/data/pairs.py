@@ -29,7 +29,7 @@ from typing import Any
 from medtune.data.chat import preset_config
 from medtune.data.loaders import register_loader
 from medtune.data.report import DataError, LoadReport
-from medtune.data.tabular import _Mapper, parse_json, read_text
+from medtune.data.tabular import _Mapper, json_lines, parse_json
 from medtune.recipe import SourceConfig
 from medtune.records import QARecord
 
@@ -45,10 +45,7 @@ def load_pairs(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QA
     cfg = preset_config(cfg, PAIR_FIELDS)
     mapper = _Mapper(path, cfg)
     columns = {name: cfg.fields[name] for name in PAIR_FIELDS}
-    # Split on "\n" only: str.splitlines() also splits on U+2028, which JSON allows in strings.
-    for line, text in enumerate(read_text(path).split("\n"), 1):
-        if not text.strip():
-            continue
+    for line, text in json_lines(path):
         report.rows_seen += 1
         try:
             item = _flatten(_parse(text, path, line), columns, path, line)

@@ -151,13 +151,16 @@ def load_json(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[QAR
             yield record
 
 
+def json_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a JSON Lines file, read as `read_text` reads it. Split on
+    "\n" only: str.splitlines() also splits on U+2028, which JSON allows unescaped in strings."""
+    return [(line, text) for line, text in enumerate(read_text(path).split("\n"), 1) if text.strip()]
+
+
 def jsonl_objects(path: Path, cfg: SourceConfig, report: LoadReport) -> Iterator[tuple[int, dict]]:
     """(line number, object) per JSON Lines line; a malformed line or a non-object is a bad row."""
     report.files_read += 1
-    # Split on "\n" only: str.splitlines() also splits on U+2028, which JSON allows in strings.
-    for line, text in enumerate(read_text(path).split("\n"), 1):
-        if not text.strip():
-            continue
+    for line, text in json_lines(path):
         report.rows_seen += 1
         try:
             item = parse_json(text, path, line)

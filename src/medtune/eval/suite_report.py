@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from medtune.data.tabular import json_lines  # noqa: E402
 from medtune.eval.choice_metrics import accuracy_interval  # noqa: E402
 from medtune.eval.tasks import TaskError  # noqa: E402
 from medtune.io import write_atomic, write_json  # noqa: E402
@@ -112,8 +113,7 @@ def _correct(directory: Path, task: str) -> dict[str, bool]:
     file = directory / "items" / f"{task}.jsonl"
     if not file.is_file():
         return {}
-    # "\n" only: items are written with ensure_ascii=False, and str.splitlines() would also cut at a U+2028 in their text
-    rows = [json.loads(line) for line in file.read_text(encoding="utf-8").split("\n") if line.strip()]
+    rows = [json.loads(text) for _, text in json_lines(file)]  # written with ensure_ascii=False: U+2028 may be in them
     return {r["id"]: r["pred"] == r["gold"] for r in rows if "gold" in r}
 
 

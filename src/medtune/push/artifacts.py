@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtune.data.prepare import source_names
+from medtune.data.report import DataError
 from medtune.data.synth import provenance_path
+from medtune.data.tabular import json_lines
 from medtune.eval.suite_report import load_suite_report
 from medtune.eval.tasks import TaskError
 from medtune.io import read_yaml_mapping
@@ -188,21 +190,18 @@ def _dataset(path: Path) -> DatasetArtifact:
         raise PushError(f"{path}: not something medtune wrote (datasets are the JSONL files of `medtune translate` "
                         "and `medtune synth`)")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        lines = json_lines(path)  # as the data loaders read JSONL
+    except (OSError, DataError) as err:
         raise PushError(f"{path}: unreadable as UTF-8 text ({err})") from None
     rows = []
-    # Split on "\n" only, as the data loaders do (tabular.jsonl_objects): str.splitlines() also splits on U+2028,
-    # which a JSON string may hold unescaped.
-    for number, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise PushError(f"{path}: line {number} is not JSON ({err})") from None
-            if not isinstance(row, dict):
-                raise PushError(f"{path}: line {number} is not a JSON object")
-            rows.append(row)
+    for number, line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            raise PushError(f"{path}: line {number} is not JSON ({err})") from None
+        if not isinstance(row, dict):
+            raise PushError(f"{path}: line {number} is not a JSON object")
+        rows.append(row)
     prov = provenance_path(path)
     if not rows:
         dropped = f" (its provenance counts what was dropped: {read_json(prov).get('counts')})" if prov.is_file() else ""

@@ -17,7 +17,7 @@ import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
-from medtune.data.tabular import parse_json
+from medtune.data.tabular import json_lines, parse_json
 from medtune.rag.answer import _INSTRUCTIONS, Answerer
 from medtune.rag.retrieve import Hit
 from medtune.rag.safety import SafetyRules, load_rules
@@ -41,10 +41,9 @@ class _Passages:
 
 
 def load_cases(path: str | Path) -> list[dict]:
-    """The cases of a JSON Lines file; a malformed line is an error naming the file and line. Split on "\n" only,
-    as the data loaders split: str.splitlines() also splits on U+2028, which a JSON string may hold."""
-    lines = Path(path).read_text(encoding="utf-8").split("\n")
-    return [parse_json(line, Path(path), n) for n, line in enumerate(lines, 1) if line.strip()]
+    """The cases of a JSON Lines file, read as the data loaders read one; a malformed line is an error naming
+    the file and line."""
+    return [parse_json(text, Path(path), line) for line, text in json_lines(Path(path))]
 
 
 def passes(case: dict, rules: SafetyRules) -> bool:
