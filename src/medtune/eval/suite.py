@@ -67,19 +67,18 @@ def evaluate(
     out_dir = Path(out_dir) if out_dir else Path("evals") / f"{Path(str(model_ref)).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     (out_dir / "items").mkdir(parents=True, exist_ok=True)
     results = {}
+    to_generate = {task.name: _generation_items(data, limit or max_generations, seed) for task, data in loaded if task.kind != "choice"}
+    asked = [r.question for items in to_generate.values() for r in items]
     answers = None
-    if engine and engine.kind != "transformers":  # one engine (one llama-server) answers every generation task's questions
-        asked = [r.question for task, data in loaded if task.kind == "generation"
-                 for r in _generation_items(data, limit or max_generations, seed)]
-        answers = _engine_answers(model_ref, engine, predictor, asked) if asked else None
+    if engine and engine.kind != "transformers" and asked:  # one engine (one llama-server) answers every generation task
+        answers = _engine_answers(model_ref, engine, predictor, asked)
     for task, data in loaded:
         log.info("%s: %d items, %d skipped (%s)", task.name, len(data.items), len(data.skipped), data.note)
         if task.kind == "choice":
             scorer = OptionScorer(predictor.model, predictor.tokenizer, batch_tokens=batch_tokens)
             result, rows = run_choice_task(task, data, scorer, num_fewshot=num_fewshot, limit=limit, prompt_language=prompt_language, seed=seed)
         else:
-            result, rows = run_generation_task(task, data, predictor, limit=limit or max_generations, batch_tokens=batch_tokens,
-                                               seed=seed, answers=answers)
+            result, rows = run_generation_task(task, data, to_generate[task.name], predictor, batch_tokens=batch_tokens, answers=answers)
         write_atomic(out_dir / "items" / f"{task.name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         results[task.name] = result
     report = {
@@ -145,11 +144,10 @@ def _generation_items(data: TaskData, limit: int, seed: int) -> list:
     return random.Random(seed).sample(items, limit) if len(items) > limit else items
 
 
-def run_generation_task(task: Task, data: TaskData, predictor: Predictor, *, limit: int, batch_tokens: int = 4096, seed: int = 0,
+def run_generation_task(task: Task, data: TaskData, items: list, predictor: Predictor, *, batch_tokens: int = 4096,
                         answers=None) -> tuple[dict, list[dict]]:
-    """Generated answers scored with ROUGE/BLEU/chrF (language-aware), and answer perplexity:
-    the log-likelihood of each reference answer (with its end-of-turn token) after the prompt."""
-    items = _generation_items(data, limit, seed)
+    """`items` (of `data`, chosen by `_generation_items`) answered and scored with ROUGE/BLEU/chrF (language-aware),
+    and answer perplexity: the log-likelihood of each reference answer (with its end-of-turn token) after the prompt."""
     generated = evaluate_generation(predictor, to_dataset(items), EvalConfig(max_samples=None, metrics=["rouge", "bleu", "chrf"]),
                                     split="test", answers=answers)
     scorer = OptionScorer(predictor.model, predictor.tokenizer, batch_tokens=batch_tokens)
