@@ -180,6 +180,8 @@ def test_a_long_query_counts_past_the_token_limit(qa_jsonl, tmp_path):
     assert len(embedder.tokenizer(query).input_ids) > 32
     windows = embedder._windows(query)
     assert len(windows) > 1 and windows[-1].endswith("What are the symptoms of gout?")
+    typed = embedder._windows(story.replace(". ", "\n") + "what are the symptoms of gout")  # line breaks, no full stops
+    assert len(typed) > 1 and typed[-1].endswith("what are the symptoms of gout") and not any("\n" in w for w in typed)
     mean = embedder.encode(windows).mean(axis=0)
     assert embedder.encode_queries([query])[0] == pytest.approx(mean / np.linalg.norm(mean), abs=1e-5)
     assert embedder.encode_queries(["What causes gout?"])[0] == pytest.approx(embedder.encode(["What causes gout?"])[0], abs=1e-6)
