@@ -10,7 +10,8 @@ reply as the answer, chunked and embedded as `medtune index build` does, among M
 passages as distractors (--medquad "" leaves them out: easier still, stock MRR@10 about 0.95 against
 0.93). The query is the patient's message; the relevant passages are its own dialogue's. Each embedder
 is scored with passages only and with the stored-question field (the default weight), hybrid search,
-MRR@10 / nDCG@10 and query p95.
+MRR@10 / nDCG@10 and query p95. Also, per embedder, how often the index's weak-retrieval flag (answers
+say they found nothing trusted) fires on these messages, and how often on ones whose first hit is right.
 --run is a run of recipes/retriever-medquad.yaml (MedQuAD only: it never saw these messages).
 JSON on stdout, a table on stderr.
 """
@@ -29,9 +30,9 @@ from medtune.data import load_source
 from medtune.io import write_atomic
 from medtune.logs import setup
 from medtune.rag.index import build_index, load_index
-from medtune.rag.evaluate import evaluate_retrieval
+from medtune.rag.evaluate import evaluate_retrieval, read_qrels, read_queries
 from medtune.rag.passages import load_passages, passages_from_records
-from medtune.rag.retrieve import Fusion
+from medtune.rag.retrieve import Fusion, Retriever
 from medtune.recipe import SourceConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,10 +78,20 @@ def main() -> None:
         for label, weight in (("passages only", 0.0), ("+ stored questions", Fusion().question_weight)):
             row = evaluate_retrieval(index, queries, qrels, fusion=Fusion(question_weight=weight), progress=False)["modes"]["hybrid"]
             out["rows"][f"{name}, {label} (w={weight})"] = row
+        retriever, judged, asked = Retriever(index), read_qrels(qrels), read_queries(queries)
+        hits = retriever.search_batch([q for _, q in asked], k=10)
+        weak = [not retriever.confident(h) for h in hits]
+        right = [bool(h) and h[0].id in judged[qid] for (qid, _), h in zip(asked, hits)]
+        out[f"weak_retrieval_{name}"] = {"threshold": index.threshold, "flagged": round(sum(weak) / len(weak), 4),
+                                         "flagged_with_right_first_hit": round(sum(w and r for w, r in zip(weak, right)) / len(weak), 4)}
     print(json.dumps(out, indent=2))
     print(f"{counts['messages']} real messages, {counts['passages']} passages + {counts.get('distractors', 0)} MedQuAD ones", file=sys.stderr)
     for label, row in out["rows"].items():
         print(f"{label:40s} MRR@10 {row['mrr@10']:.3f}  nDCG@10 {row['ndcg@10']:.3f}  p95 {row['latency_ms']['p95']} ms", file=sys.stderr)
+    for name in embedders:
+        w = out[f"weak_retrieval_{name}"]
+        print(f"{name}: weak-retrieval flag on {w['flagged']:.1%} of the messages, {w['flagged_with_right_first_hit']:.1%} with the "
+              "right first hit", file=sys.stderr)
 
 
 if __name__ == "__main__":

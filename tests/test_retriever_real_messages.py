@@ -34,5 +34,6 @@ def test_real_messages_benchmark_on_a_few_rows(tmp_path):
     assert report["counts"] == {"rows": 5, "skipped by the loader": 0, "messages": 4, "without title or reply": 1, "passages": 4}
     assert set(report["rows"]) == {"stock, passages only (w=0.0)", "stock, + stored questions (w=0.75)"}
     assert all(row["mrr@10"] == 1.0 for row in report["rows"].values())
+    assert report["weak_retrieval_stock"]["flagged_with_right_first_hit"] <= report["weak_retrieval_stock"]["flagged"] <= 1
     stored = [json.loads(line) for line in (tmp_path / "out" / "index-stock" / "passages.jsonl").read_text().splitlines()]
     assert [p["question"] for p in stored][:2] == ["What causes pain in the heel in the morning?", "Is my blood sugar of 180 after meals too high?"]
