@@ -72,13 +72,14 @@ def main() -> None:
         passages += distractors
         counts["distractors"] = len(distractors)
     out: dict = {"data": str(args.data), "counts": counts, "rows": {}}
+    judged, asked = read_qrels(qrels), read_queries(queries)
     embedders = {"stock": STOCK} | ({"fine-tuned": str(args.run)} if args.run else {})
     for name, embedder in embedders.items():
         index = load_index(build_index(passages, args.out / f"index-{name}", embedder=embedder, progress=False))
         for label, weight in (("passages only", 0.0), ("+ stored questions", Fusion().question_weight)):
             row = evaluate_retrieval(index, queries, qrels, fusion=Fusion(question_weight=weight), progress=False)["modes"]["hybrid"]
             out["rows"][f"{name}, {label} (w={weight})"] = row
-        retriever, judged, asked = Retriever(index), read_qrels(qrels), read_queries(queries)
+        retriever = Retriever(index)
         hits = retriever.search_batch([q for _, q in asked], k=10)
         weak = [not retriever.confident(h) for h in hits]
         right = [bool(h) and h[0].id in judged[qid] for (qid, _), h in zip(asked, hits)]
